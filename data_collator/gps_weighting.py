@@ -419,12 +419,28 @@ def gps_weights(
     return weights_for_distances(nearest_km, brackets, missing_weight), nearest_km
 
 
-def make_gps_sampler(weights: ArrayLike, num_samples: Optional[int] = None, seed: int = 42) -> WeightedRandomSampler:
+class RoadworkWeightedSampler(WeightedRandomSampler):
     """
-    `(N,)` weights -> `WeightedRandomSampler` drawing `num_samples` (default N) indices with replacement.
+    A `WeightedRandomSampler` whose draw depends only on `(seed, epoch)`: every process of a distributed run draws
+    the same index sequence (and takes its own batches of it), epochs differ, and a run resumed from a checkpoint
+    replays exactly the sequence of the interrupted epoch (Trainer calls `set_epoch` before every epoch and then
+    skips the batches already trained).
+    """
 
-    Its generator is seeded, so every process of a distributed run draws the same index sequence
-    (and takes its own batches of it); each new epoch continues the generator, so epochs differ.
+    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int):
+        super().__init__(weights, num_samples=num_samples, replacement=True, generator=torch.Generator())
+        self.seed = int(seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.generator.manual_seed(self.seed + self.epoch)
+
+
+def make_gps_sampler(weights: ArrayLike, num_samples: Optional[int] = None, seed: int = 42) -> RoadworkWeightedSampler:
+    """
+    `(N,)` weights -> [`RoadworkWeightedSampler`] drawing `num_samples` (default N) indices with replacement, seeded
+    by `seed + epoch`.
     """
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 1 or len(weights) == 0:
@@ -434,12 +450,7 @@ def make_gps_sampler(weights: ArrayLike, num_samples: Optional[int] = None, seed
     num_samples = len(weights) if num_samples is None else int(num_samples)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    return WeightedRandomSampler(
-        torch.from_numpy(weights),
-        num_samples=num_samples,
-        replacement=True,
-        generator=torch.Generator().manual_seed(int(seed)),
-    )
+    return RoadworkWeightedSampler(torch.from_numpy(weights), num_samples=num_samples, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -853,6 +864,7 @@ def prepare_gps_weighting(
 
 
 __all__ = [
+    "RoadworkWeightedSampler",
     "DEFAULT_BRACKETS",
     "EARTH_RADIUS_KM",
     "US_CITIES",

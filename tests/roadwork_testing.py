@@ -59,3 +59,16 @@ def metadata_inputs(batch_size: int, mode: str, generator: torch.Generator | Non
 
 def pixel_inputs(batch_size: int, num_views: int = 12, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch_size, num_views, 3, VIEW_SIZE, VIEW_SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+# Prepended to code run by `fresh_python` to prove that a checkpoint is self-contained: the project's packages are
+# installed (editable) in the venv, so they are blocked here rather than merely absent from sys.path.
+BLOCK_PROJECT_IMPORTS = """
+import importlib.abc, sys
+class _BlockProject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_roadwork", "data_collator"):
+            raise ImportError(f"{name} must not be imported: the checkpoint has to be self-contained")
+        return None
+sys.meta_path.insert(0, _BlockProject())
+"""

@@ -151,7 +151,12 @@ def test_sampler_is_seeded():
     assert len(first) == 200 and first == again and first != other
     assert len(make_gps_sampler(weights)) == 50  # default: one epoch = dataset length
     sampler = make_gps_sampler(weights, seed=7)
-    assert list(sampler) != list(sampler)  # the next epoch continues the generator
+    epoch0 = list(sampler)
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch0 != epoch1, "epochs draw different sequences"
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0, "a resumed run replays the epoch it stopped in"
     with pytest.raises(ValueError, match="weights"):
         make_gps_sampler(np.zeros(3))
 

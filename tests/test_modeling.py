@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from roadwork_testing import VIEW_SIZE, metadata_inputs, pixel_inputs, tiny_config, tiny_dinov3_config, tiny_timm_config
+from roadwork_testing import BLOCK_PROJECT_IMPORTS, VIEW_SIZE, metadata_inputs, pixel_inputs, tiny_config, tiny_dinov3_config, tiny_timm_config
 from transformers import DINOv3ViTModel
 
 from modeling_roadwork import LOSS_COMPONENTS, RoadworkConfig, RoadworkForImageClassification, RoadworkModel
@@ -251,6 +249,7 @@ def _object_masks(labels: torch.Tensor) -> torch.Tensor:
     return masks
 
 
+@pytest.mark.slow
 def test_model_overfits_sixteen_examples():
     torch.manual_seed(0)
     model = RoadworkForImageClassification(tiny_config(hidden_dropout=0.0, attention_dropout=0.0))
@@ -297,7 +296,7 @@ def test_save_and_load_round_trip_is_identical_and_backbone_stays_frozen(tmp_pat
     assert all(p.requires_grad for n, p in loaded.named_parameters() if not n.startswith("roadwork.backbone."))
 
 
-def test_remote_code_loads_in_a_fresh_process(tmp_path):
+def test_remote_code_loads_in_a_fresh_process(tmp_path, fresh_python):
     model = _model()
     pixels = pixel_inputs(2)
     meta = metadata_inputs(2, "filled")
@@ -306,11 +305,10 @@ def test_remote_code_loads_in_a_fresh_process(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
     torch.save({"pixels": pixels, "meta": meta, "expected": expected}, tmp_path / "inputs.pt")
-    code = textwrap.dedent(
+    code = BLOCK_PROJECT_IMPORTS + textwrap.dedent(
         f"""
-        import importlib.util, sys, torch
+        import torch
         from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
-        assert importlib.util.find_spec("modeling_roadwork") is None, "the package must not be importable here"
         data = torch.load({str(tmp_path / "inputs.pt")!r})
         config = AutoConfig.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
         assert type(config).__name__ == "RoadworkConfig", type(config)
@@ -324,12 +322,7 @@ def test_remote_code_loads_in_a_fresh_process(tmp_path):
         print("REMOTE_OK")
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0 and "REMOTE_OK" in result.stdout, result.stdout + result.stderr
+    assert "REMOTE_OK" in fresh_python(code, cwd=tmp_path).stdout
 
 
 # ---------------------------------------------------------------------------------------------- backbones

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from transformers import Trainer
 
-from modeling_roadwork import LOSS_COMPONENTS
+from modeling_roadwork import LOSS_COMPONENTS, RoadworkPreTrainedModel
 
 from .gps_weighting import make_gps_sampler
+
+
+logger = logging.getLogger(__name__)
 
 
 def roadwork_probabilities(logits: np.ndarray) -> np.ndarray:
@@ -66,13 +71,51 @@ class RoadworkTrainer(Trainer):
       (`weather_loss_skipped`, ...).
     """
 
-    def __init__(self, *args, sample_weights: Sequence[float] | None = None, sampler_seed: int = 42, **kwargs):
+    def __init__(
+        self,
+        *args,
+        sample_weights: Sequence[float] | None = None,
+        sampler_seed: int = 42,
+        dataset_name: str = "natix-network-org/roadwork",
+        base_model: str | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        self.dataset_name = dataset_name
+        self.base_model = base_model
+        self.final_metrics: dict[str, float] = {}  # set by train.py after the final evaluations, for the model card
         self.sample_weights = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float64)
         self.sampler_seed = sampler_seed
         self._component_sums: dict[str, float] = dict.fromkeys(LOSS_COMPONENTS, 0.0)
         self._component_counts: dict[str, int] = dict.fromkeys(LOSS_COMPONENTS, 0)
         self._component_steps = 0
+
+    def _load_checkpoint_weights(self, checkpoint: str, model=None) -> bool:
+        """
+        Loads a roadwork checkpoint into the model through `from_pretrained`. Trainer's own loader reads the
+        safetensors file with `load_state_dict`, which skips transformers' key renaming: checkpoints store DINOv3
+        layers as `backbone.layer.N` while the module is `backbone.model.layer.N`, so every backbone weight would be
+        reported missing and not restored. Returns False (Trainer's loader is used) for models it does not cover.
+        """
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not isinstance(model, RoadworkPreTrainedModel) or not os.path.isfile(
+            os.path.join(checkpoint, "model.safetensors")
+        ):
+            return False
+        loaded = type(model).from_pretrained(checkpoint, config=model.config)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        return True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._load_checkpoint_weights(resume_from_checkpoint, model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        checkpoint = self.state.best_model_checkpoint
+        if checkpoint is None or not self._load_checkpoint_weights(checkpoint):
+            super()._load_best_model()
+        else:
+            logger.info("Loaded the best model from %s (score %s)", checkpoint, self.state.best_metric)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is None:
@@ -108,6 +151,31 @@ class RoadworkTrainer(Trainer):
             self._component_counts = dict.fromkeys(LOSS_COMPONENTS, 0)
             self._component_steps = 0
         super().log(logs, start_time)
+
+
+    def create_model_card(self, **kwargs) -> None:
+        """Writes the roadwork model card (README.md) to the output dir; `push_to_hub` uploads it."""
+        if not self.is_world_process_zero():
+            return
+        metrics = dict(self.final_metrics)
+        if not metrics:
+            evals = [e for e in self.state.log_history if "eval_mcc" in e]
+            if evals:
+                best = max(evals, key=lambda e: e["eval_mcc"])
+                metrics = {k: v for k, v in best.items() if k.startswith("eval_")}
+        keys = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm",
+                "bf16", "torch_compile", "seed")  # fmt: skip
+        card = model_card(
+            repo_id=self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
+            config=self.accelerator.unwrap_model(self.model).config,
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            dataset=self.dataset_name, training_args={k: getattr(self.args, k) for k in keys},
+            base_model=self.base_model,
+        )  # fmt: skip
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w") as f:
+            f.write(card)
 
 
 def _format_metric(value) -> str:

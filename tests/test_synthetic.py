@@ -1,0 +1,158 @@
+"""The synthetic dataset generator (data_collator/synthetic.py) and loading it back (data_collator/schema.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_collator.schema import ROADWORK_COLUMNS, decode_seg_masks, gps_array, load_roadwork_splits
+from data_collator.synthetic import (
+    _MALFORMED_GPS,
+    CITIES,
+    MANIFEST_NAME,
+    SyntheticDatasetConfig,
+    ensure_synthetic_dataset,
+    generate_row,
+    main,
+)
+from modeling_roadwork.metadata_roadwork import parse_gps, parse_tag_list
+
+
+EXPECTED_COLUMNS = list(ROADWORK_COLUMNS) + ["video_info.video_id", "video_info.frame_index", "seg_masks"]
+SMALL = SyntheticDatasetConfig(num_train=14, num_test=6, seed=0, rows_per_shard=8)
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "roadwork", SMALL)
+
+
+def test_files_follow_the_hub_layout(synthetic_dir):
+    names = sorted(p.name for p in (synthetic_dir / "data").iterdir())
+    assert names == ["test-00000-of-00001.parquet", "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    manifest = json.loads((synthetic_dir / MANIFEST_NAME).read_text())
+    assert manifest["splits"]["train"]["rows"] == 14 and manifest["splits"]["test"]["rows"] == 6
+
+
+@pytest.mark.parametrize("how", ["parquet_data_dir", "folder"])
+def test_round_trip_through_datasets(synthetic_dir, how):
+    import datasets
+
+    if how == "parquet_data_dir":
+        dataset = datasets.load_dataset("parquet", data_dir=str(synthetic_dir / "data"))
+    else:
+        dataset = datasets.load_dataset(str(synthetic_dir))
+    assert sorted(dataset) == ["test", "train"]
+    assert (len(dataset["train"]), len(dataset["test"])) == (14, 6)
+    train = dataset["train"]
+    assert train.column_names == EXPECTED_COLUMNS
+    assert isinstance(train.features["image"], datasets.Image)
+    row = train[0]
+    assert isinstance(row["image"], Image.Image) and row["image"].size == (row["width"], row["height"])
+    assert set(train["label"]) == {0, 1}
+    assert isinstance(row["date_captured"], int) and isinstance(row["gps"], str)
+
+
+def test_load_roadwork_splits_keeps_bytes_and_filters(synthetic_dir):
+    import datasets
+
+    splits = load_roadwork_splits(synthetic_dir)
+    image = splits["train"][0]["image"]
+    assert (
+        isinstance(splits["train"].features["image"], datasets.Image) and not splits["train"].features["image"].decode
+    )
+    assert isinstance(image["bytes"], bytes) and Image.open(io.BytesIO(image["bytes"])).format == "JPEG"
+    filtered = load_roadwork_splits(synthetic_dir, splits=["train"], consistency_filter=True)
+    assert list(filtered) == ["train"] and len(filtered["train"]) <= 14
+    with pytest.raises(ValueError, match="validation"):
+        load_roadwork_splits(synthetic_dir, splits=["validation"])
+
+
+def test_rows_are_deterministic_in_the_seed():
+    a, b = generate_row(SMALL, "train", 3), generate_row(SMALL, "train", 3)
+    assert a == b
+    other_seed = generate_row(SyntheticDatasetConfig(seed=1), "train", 3)
+    assert other_seed["image"]["bytes"] != a["image"]["bytes"]
+    assert generate_row(SMALL, "test", 3)["image"]["bytes"] != a["image"]["bytes"]
+
+
+def test_ensure_reuses_and_regenerates(synthetic_dir):
+    shard = synthetic_dir / "data" / "test-00000-of-00001.parquet"
+    before = shard.stat().st_mtime_ns
+    assert ensure_synthetic_dataset(synthetic_dir, SMALL) == synthetic_dir
+    assert shard.stat().st_mtime_ns == before  # same settings: not regenerated
+
+
+def test_ensure_regenerates_when_settings_change(tmp_path):
+    path = tmp_path / "ds"
+    ensure_synthetic_dataset(path, SyntheticDatasetConfig(num_train=2, num_test=1, mask_rate=0.0))
+    assert json.loads((path / MANIFEST_NAME).read_text())["config"]["num_train"] == 2
+    ensure_synthetic_dataset(path, SyntheticDatasetConfig(num_train=3, num_test=1, mask_rate=0.0))
+    assert json.loads((path / MANIFEST_NAME).read_text())["config"]["num_train"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_metadata_looks_like_the_real_data(synthetic_dir):
+    splits = load_roadwork_splits(synthetic_dir)
+    rows = list(splits["train"]) + list(splits["test"])
+    gps = gps_array(rows)
+    valid = ~np.isnan(gps).any(1)
+    assert valid.mean() >= 0.75  # ~4 % malformed in expectation; 4 of these 20 rows happen to be
+    centres = np.array([(lat, lon) for _, lat, lon in CITIES])
+    distance = np.abs(gps[valid][:, None, :] - centres[None]).max(-1).min(1)
+    assert (distance < 0.5).all()  # every valid point is near one of the cities
+    assert {r["city_name"] for r in rows} <= {name for name, _, _ in CITIES}
+    for row in rows:
+        assert row["gps"] == "" or row["gps"] in _MALFORMED_GPS or row["gps"].startswith("[")
+        tags = parse_tag_list(row["scene_level_tags.weather"])
+        assert all(t == t.lower() for t in tags)
+        masks = decode_seg_masks(row["seg_masks"])
+        assert masks is None or masks.shape == (6, 32, 32)
+        if row["label"] == 1 and row["scene_description"] not in ("", "No Description"):
+            text = row["scene_description"].lower()
+            assert any(word in text for word in ("cone", "barrier", "sign", "worker", "vehicle", "equipment"))
+
+
+def test_every_malformed_gps_string_parses_to_none():
+    assert all(parse_gps(value) is None for value in _MALFORMED_GPS)
+
+
+@pytest.mark.parametrize("rate, expect_null", [(1.0, True), (0.0, False)])
+def test_metadata_null_rate(rate, expect_null):
+    config = SyntheticDatasetConfig(metadata_null_rate=rate, mask_rate=0.0)
+    for index in range(3):
+        row = generate_row(config, "train", index)
+        tags = [row[f"scene_level_tags.{k}"] for k in ("daytime", "scene_environment", "weather")]
+        assert all(parse_tag_list(t) == [] for t in tags) == expect_null
+        assert "seg_masks" not in row
+
+
+def test_label_rate_follows_the_config():
+    config = SyntheticDatasetConfig(train_positive_rate=1.0, test_positive_rate=0.0)
+    assert generate_row(config, "train", 0)["label"] == 1
+    assert generate_row(config, "test", 0)["label"] == 0
+    with pytest.raises(ValueError, match="mask_rate"):
+        SyntheticDatasetConfig(mask_rate=2.0)
+
+
+def test_cli(tmp_path):
+    out = main(
+        [
+            "--output_dir",
+            str(tmp_path / "cli"),
+            "--num_train",
+            "2",
+            "--num_test",
+            "1",
+            "--seed",
+            "5",
+            "--mask_rate",
+            "0",
+        ]
+    )
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["config"]["seed"] == 5 and manifest["splits"]["test"]["rows"] == 1

@@ -35,7 +35,7 @@ from data_collator import (
 from data_collator.gps_weighting import RoadworkGPSWeightingConfig, prepare_gps_weighting
 from data_collator.training import RoadworkTrainer, compute_metrics
 from modeling_roadwork import DINOV3_VITH16PLUS_ID, RoadworkConfig, RoadworkForImageClassification, RoadworkTextEmbedder
-from modeling_roadwork.image_processing_roadwork import RoadworkImageProcessor
+from modeling_roadwork import RoadworkImageProcessor
 
 
 logger = logging.getLogger("roadwork.train")

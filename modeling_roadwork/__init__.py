@@ -9,6 +9,7 @@ from .modeling_roadwork import (
     RoadworkModelOutput,
     RoadworkPreTrainedModel,
 )
+from .image_processing_roadwork import RoadworkImageProcessor
 from .text_encoding_roadwork import RoadworkTextEmbedder
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "LOSS_COMPONENTS",
     "RoadworkConfig",
     "RoadworkForImageClassification",
+    "RoadworkImageProcessor",
     "RoadworkImageClassifierOutput",
     "RoadworkModel",
     "RoadworkModelOutput",

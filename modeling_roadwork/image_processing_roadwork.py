@@ -232,8 +232,9 @@ class RoadworkImageProcessor(BaseImageProcessor):
 
     Colour: EXIF orientation is applied. Every Pillow mode becomes 8-bit RGB: alpha (RGBA, LA, PA, P with
     transparency) is composited on white, since the colour under a transparent pixel is arbitrary; 16-bit
-    greyscale (I;16*, and I, read as 16-bit samples) is scaled by 255/65535 rather than clipped; CMYK, L, 1,
-    P, YCbCr go through Pillow's conversion.
+    greyscale (I;16*, and I, read as 16-bit samples) is scaled by 255/65535 rather than clipped; F is read as
+    [0, 1]; CMYK, L, 1, P, YCbCr go through Pillow's conversion. Arrays and tensors: uint8, uint16 (scaled)
+    or floats in [0, 1].
 
     Args:
         view_size (`int`, *optional*, defaults to 512):
@@ -506,16 +507,16 @@ class RoadworkImageProcessor(BaseImageProcessor):
         # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std, per channel: (3, 1, 1) broadcasts.
         std = torch.tensor(self.image_std).view(3, 1, 1) if do_normalize else torch.ones(3, 1, 1)
         mean = torch.tensor(self.image_mean).view(3, 1, 1) if do_normalize else torch.zeros(3, 1, 1)
-        scale_per_channel, shift_per_channel = 1.0 / (255.0 * std), -mean / std
+        scale_per_channel, shift_per_channel = 1.0 / (255.0 * std), mean / std
 
         pixel_values = torch.empty((num_images, num_views, 3, size, size), dtype=torch.float32)
         view_boxes = torch.empty((num_images, num_views, 4), dtype=torch.int64)
         for index, image in enumerate(batch):
             rgb, width, height, scale = self._decode(image, fast_decode)
             boxes = self.view_boxes(width, height)
-            views = self._extract_views(rgb, boxes, scale)  # (V, 3, S, S) uint8
-            # uint8 -> normalised float32 in one pass, written in place.
-            torch.addcmul(shift_per_channel, views, scale_per_channel, out=pixel_values[index])
+            # uint8 -> float, then normalise in place (a mixed-dtype addcmul would be one pass but ~4x slower).
+            pixel_values[index].copy_(self._extract_views(rgb, boxes, scale)).mul_(scale_per_channel)
+            pixel_values[index].sub_(shift_per_channel)
             view_boxes[index] = torch.tensor(boxes, dtype=torch.int64)
 
         data: dict[str, Any] = {"pixel_values": pixel_values}

@@ -78,7 +78,8 @@ class RoadworkTextEmbedder:
             for parameter in model.parameters():
                 parameter.requires_grad_(False)
             self._model = model
-            self._embedding_dim = int(model.get_sentence_embedding_dimension())
+            dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            self._embedding_dim = int(dimension())
         return self._model
 
     @property

@@ -3,8 +3,5 @@
 # Extra arguments go to train.py, e.g. `bash scripts/quickstart.sh --num_train_epochs 8`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-. .venv/bin/activate
-pip install --quiet --upgrade pip
-pip install --quiet -e ".[dev]"
+. scripts/setup.sh
 accelerate launch --num_processes 1 train.py --config configs/quickstart.yaml "$@"

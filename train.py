@@ -33,9 +33,16 @@ from data_collator import (
     load_roadwork_splits,
 )
 from data_collator.gps_weighting import RoadworkGPSWeightingConfig, prepare_gps_weighting
+from data_collator.schema import get_column
 from data_collator.training import RoadworkTrainer, compute_metrics
-from modeling_roadwork import DINOV3_VITH16PLUS_ID, RoadworkConfig, RoadworkForImageClassification, RoadworkTextEmbedder
-from modeling_roadwork import RoadworkImageProcessor
+from modeling_roadwork import (
+    DINOV3_VITH16PLUS_ID,
+    RoadworkConfig,
+    RoadworkForImageClassification,
+    RoadworkImageProcessor,
+    RoadworkTextEmbedder,
+)
+from modeling_roadwork.metadata_roadwork import clean_description
 
 
 logger = logging.getLogger("roadwork.train")
@@ -278,7 +285,12 @@ def main(argv: list[str] | None = None) -> dict:
     embedder = None
     if data_args.use_text_embeddings and config.use_metadata and config.use_text:
         embedder = RoadworkTextEmbedder.get(config.text_encoder_name)
-    collator = RoadworkDataCollator(text_embedder=embedder, text_embed_dim=config.text_embed_dim)
+        # Every distinct description is embedded once, here, before DataLoader workers fork and inherit the cache.
+        for split in (train, validation, test):
+            embedder([clean_description(text) for text in get_column(split, "scene_description")])
+    collator = RoadworkDataCollator(
+        text_embedder=embedder, text_embed_dim=config.text_embed_dim, seg_mask_size=config.seg_resolution
+    )
 
     # Stage 5: train.
     training_args.label_names = ["labels"]

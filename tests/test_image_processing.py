@@ -4,12 +4,15 @@ the JPEG draft fast path, and the save_pretrained -> AutoImageProcessor round tr
 import io
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+
+from roadwork_testing import BLOCK_PROJECT_IMPORTS
 
 from modeling_roadwork.image_processing_roadwork import RoadworkImageProcessor
 
@@ -348,11 +351,12 @@ def test_save_pretrained_and_auto_image_processor_from_a_fresh_process(tmp_path,
     np.save(tmp_path / "expected.npy", processor(str(image_path), return_tensors="np")["pixel_values"])
 
     # A clean interpreter in another directory, repo not importable, offline (tests/conftest.py).
+    # The project is installed (editable) in the venv, so its packages are blocked rather than merely absent.
     result = fresh_python(
-        f"""
-        import importlib.util, sys
+        BLOCK_PROJECT_IMPORTS
+        + textwrap.dedent(
+            f"""
         import numpy as np
-        assert importlib.util.find_spec("modeling_roadwork") is None, sys.path
         from transformers import AutoImageProcessor
         processor = AutoImageProcessor.from_pretrained({str(save_dir)!r}, trust_remote_code=True)
         assert type(processor).__name__ == "RoadworkImageProcessor", type(processor)
@@ -361,7 +365,8 @@ def test_save_pretrained_and_auto_image_processor_from_a_fresh_process(tmp_path,
         pixel_values = processor({str(image_path)!r}, return_tensors="np")["pixel_values"]
         np.testing.assert_allclose(pixel_values, np.load({str(tmp_path / "expected.npy")!r}), atol=1e-6)
         print("ok", pixel_values.shape)
-        """,
+        """
+        ),
         timeout=120,
     )
     assert "ok (1, 12, 3, 48, 48)" in result.stdout

@@ -147,7 +147,12 @@ class RunArguments:
     )
 
 
-def _as_json(value) -> str | None:
+def _yaml_default(action, value):
+    """A YAML value as the default of `action`. List flags (`nargs`) take a YAML list as a list, each item converted as
+    on the command line (argparse re-parses string defaults, so JSON text would fail); string flags such as
+    --backbone_config and --model_overrides take mappings and lists as JSON."""
+    if isinstance(value, list) and action.nargs not in (None, "?"):
+        return [action.type(v) if action.type is not None else v for v in value]
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
@@ -161,11 +166,11 @@ def parse_args(argv: list[str] | None = None):
     if known.config:
         with open(known.config) as f:
             values = yaml.safe_load(f) or {}
-        valid = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - valid)
+        actions = {action.dest: action for action in parser._actions}
+        unknown = sorted(set(values) - set(actions))
         if unknown:
             raise SystemExit(f"{known.config}: unknown keys {unknown}; see `python train.py --help`")
-        parser.set_defaults(**{k: _as_json(v) for k, v in values.items()})
+        parser.set_defaults(**{k: _yaml_default(actions[k], v) for k, v in values.items()})
     *dataclasses_, _ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     return tuple(dataclasses_)
 

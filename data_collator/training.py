@@ -117,6 +117,15 @@ class RoadworkTrainer(Trainer):
         else:
             logger.info("Loaded the best model from %s (score %s)", checkpoint, self.state.best_metric)
 
+    def _run_epoch(self, **kwargs):
+        # The dataset seeds its augmentation by (seed, epoch, index), so it must learn the epoch. accelerate's
+        # `DataLoaderShard.set_epoch` skips `dataset.set_epoch` whenever the batch sampler wraps another one
+        # (`BatchSamplerShard` on >1 process, `SkipBatchSampler` in a resumed epoch): every epoch of a multi-process
+        # run, and the resumed epoch, would repeat epoch 0's augmentation.
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(**kwargs)
+
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is None:
             return super()._get_train_sampler(train_dataset)

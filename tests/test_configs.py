@@ -1,0 +1,290 @@
+"""The YAML configs (configs/): they parse with train.py, base.yaml has the plan's numbers, and each ensemble
+member has exactly its seed / learning rate / dropout / GPS weight / architecture difference. CPU, no downloads."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from roadwork_testing import tiny_config, tiny_timm_config
+
+from modeling_roadwork import CONVNEXTV2_BASE_ID, DINOV3_VITH16PLUS_ID, RoadworkConfig, RoadworkForImageClassification
+
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # train.py is a script at the repo root, not part of the installed packages
+    sys.path.insert(0, str(REPO))
+import train  # noqa: E402
+
+
+CONFIG_DIR = REPO / "configs"
+ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+BASELINE = "model_1_baseline"
+
+# The plan's ensemble ("6-Model Ensemble Strategy"): seed, learning rate, dropout, < 50 km GPS weight, and the
+# RoadworkConfig fields that make the architecture differ from the baseline.
+ENSEMBLE = {
+    "model_1_baseline": dict(seed=42, lr=3e-4, dropout=0.10, gps=5.0, arch={}),
+    "model_2_no_pruning": dict(seed=123, lr=2.5e-4, dropout=0.15, gps=7.5, arch={"use_view_pruning": False}),
+    "model_3_deeper": dict(seed=456, lr=3.5e-4, dropout=0.20, gps=3.0, arch={"num_attention_layers": 6}),
+    "model_4_wider": dict(
+        seed=789, lr=3e-4, dropout=0.10, gps=5.0,
+        arch={
+            "hidden_size": 768, "pyramid_sizes": [384, 192], "fusion_hidden_size": 768, "classifier_hidden_size": 384,
+            "fusion_gate_hidden_size": 192,
+        },
+    ),  # fmt: skip
+    "model_5_16_heads": dict(seed=2026, lr=3e-4, dropout=0.10, gps=5.0, arch={"num_attention_heads": 16}),
+    "model_6_convnext": dict(seed=314, lr=3e-4, dropout=0.10, gps=5.0, arch={}, backbone=CONVNEXTV2_BASE_ID),
+}
+# Width fields of RoadworkConfig: the "wider" member scales all of them by the same factor.
+WIDTH_FIELDS = ("hidden_size", "fusion_hidden_size", "classifier_hidden_size", "fusion_gate_hidden_size")
+# What a member may change relative to base.yaml; everything else must be identical.
+MEMBER_KEYS = {"seed", "learning_rate", "output_dir", "gps_bracket_weights", "model_overrides", "backbone"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    # TrainingArguments may export ACCELERATE_* variables while parsing (torch_compile); keep them out of other tests.
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _yaml(path: Path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _parse(path: Path):
+    """train.parse_args on one config -> (model, data, gps, run, training) arguments."""
+    argv = ["--config", str(path)]
+    if _yaml(path).get("bf16") and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        # TrainingArguments refuses bf16 without a bf16 GPU unless use_cpu is set; this machine may have none.
+        argv += ["--use_cpu", "true"]
+    return train.parse_args(argv)
+
+
+def _ensemble_path(name: str) -> Path:
+    return CONFIG_DIR / "ensemble" / f"{name}.yaml"
+
+
+def _overrides(model_args) -> dict:
+    return json.loads(model_args.model_overrides) if model_args.model_overrides else {}
+
+
+def _config_dict(config: RoadworkConfig) -> dict:
+    d = config.to_dict()
+    for key in ("transformers_version", "_name_or_path"):
+        d.pop(key, None)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- every config
+
+
+def test_the_expected_configs_exist():
+    names = {p.relative_to(CONFIG_DIR).as_posix() for p in ALL_CONFIGS}
+    expected = {"base.yaml", "quickstart.yaml"} | {f"ensemble/{name}.yaml" for name in ENSEMBLE}
+    assert expected <= names, f"missing: {sorted(expected - names)}"
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
+def test_config_parses_and_its_overrides_are_config_fields(path):
+    model_args, data_args, gps_args, run_args, training_args = _parse(path)
+    raw = _yaml(path)
+    assert training_args.output_dir == raw["output_dir"]
+    assert len(gps_args.gps_bracket_weights) == len(gps_args.gps_bracket_edges_km) + 1
+    assert all(isinstance(w, float) for w in gps_args.gps_bracket_weights), gps_args.gps_bracket_weights
+    # RoadworkConfig accepts **kwargs (PretrainedConfig), so a misspelt field would be silently ignored.
+    fields = set(inspect.signature(RoadworkConfig.__init__).parameters) - {"self", "kwargs"}
+    overrides = _overrides(model_args)
+    assert set(overrides) <= fields, f"not RoadworkConfig fields: {sorted(set(overrides) - fields)}"
+    if model_args.backbone_config is None:
+        assert "backbone_config" not in overrides
+        RoadworkConfig(**overrides)  # validates (raises ValueError); the real backbone is not downloaded
+    else:
+        RoadworkConfig(backbone_config=json.loads(model_args.backbone_config), **overrides)
+
+
+def test_output_dirs_are_distinct():
+    dirs = [_yaml(path)["output_dir"] for path in ALL_CONFIGS]
+    assert len(dirs) == len(set(dirs)), dirs
+
+
+def test_yaml_lists_reach_list_flags_as_lists():
+    # A YAML list must arrive as a list of floats, not as a JSON string that argparse then tries to read as a float.
+    _, _, gps_args, _, _ = _parse(_ensemble_path("model_2_no_pruning"))
+    assert gps_args.gps_bracket_weights == [7.5, 2.5, 1.0, 0.3]
+    assert gps_args.gps_bracket_edges_km == [50.0, 200.0, 500.0]
+
+
+# ---------------------------------------------------------------------------------------------- base.yaml
+
+
+def test_base_has_the_plan_numbers():
+    model_args, data_args, gps_args, run_args, t = _parse(CONFIG_DIR / "base.yaml")
+    assert model_args.backbone == DINOV3_VITH16PLUS_ID == "facebook/dinov3-vith16plus-pretrain-lvd1689m"
+    assert model_args.backbone_config is None and model_args.model_name_or_path is None
+    assert _overrides(model_args) == {"hidden_dropout": 0.10, "attention_dropout": 0.10}
+
+    assert data_args.dataset == "natix-network-org/roadwork"
+    assert (data_args.train_split, data_args.test_split) == ("train", "test")
+    assert data_args.augmentation == "heavy"
+    assert gps_args.gps_weighting is True and gps_args.allow_weak_gps_weighting is False
+    assert gps_args.gps_clusters == 5
+    assert gps_args.gps_bracket_edges_km == [50.0, 200.0, 500.0]
+    assert gps_args.gps_bracket_weights == [5.0, 2.5, 1.0, 0.3]
+
+    assert t.learning_rate == 3e-4
+    assert t.num_train_epochs == 30
+    assert t.warmup_steps == 500
+    assert t.lr_scheduler_type == "cosine"
+    assert t.per_device_train_batch_size == 32 and t.gradient_accumulation_steps == 2  # effective 64 per device
+    assert t.optim == "adamw_torch"
+    assert t.weight_decay == 0.01
+    assert (t.adam_beta1, t.adam_beta2, t.adam_epsilon) == (0.9, 0.999, 1e-8)
+    assert t.max_grad_norm == 1.0
+    assert t.bf16 is True and t.fp16 is False
+    assert t.torch_compile is True and t.torch_compile_mode == "max-autotune"
+    assert t.eval_strategy == "epoch" and t.save_strategy == "epoch"
+    assert t.load_best_model_at_end is True
+    assert t.metric_for_best_model == "mcc" and t.greater_is_better is True
+    assert run_args.early_stopping_patience == 5
+    assert t.dataloader_num_workers > 0
+    assert t.report_to in ([], "none", ["none"])
+    assert t.output_dir == "outputs/base"
+    assert t.seed == 42
+    assert not _yaml(CONFIG_DIR / "base.yaml").get("use_cpu"), "base.yaml is a GPU recipe"
+
+
+def test_base_model_config_is_the_plan_architecture():
+    model_args, *_ = _parse(CONFIG_DIR / "base.yaml")
+    config = RoadworkConfig(**_overrides(model_args))
+    assert (config.num_views, config.view_size, config.use_view_pruning, config.num_kept_views) == (12, 512, True, 8)
+    assert (config.hidden_size, config.num_attention_layers, config.num_attention_heads) == (512, 4, 8)
+    assert (config.hidden_dropout, config.attention_dropout) == (0.10, 0.10)
+
+
+# ---------------------------------------------------------------------------------------------- ensemble
+
+
+@pytest.mark.parametrize("name", ENSEMBLE)
+def test_member_has_its_plan_numbers(name):
+    spec = ENSEMBLE[name]
+    model_args, data_args, gps_args, run_args, t = _parse(_ensemble_path(name))
+    assert t.seed == spec["seed"]
+    assert t.learning_rate == spec["lr"]
+    assert gps_args.gps_bracket_weights[0] == spec["gps"]
+    assert gps_args.gps_bracket_weights[1:] == [2.5, 1.0, 0.3]
+    assert t.output_dir == f"outputs/ensemble/{name}"
+    assert model_args.backbone == spec.get("backbone", DINOV3_VITH16PLUS_ID)
+    assert model_args.backbone_config is None
+    overrides = _overrides(model_args)
+    assert overrides.pop("hidden_dropout") == overrides.pop("attention_dropout") == spec["dropout"]
+    assert overrides == spec["arch"]
+
+
+@pytest.mark.parametrize("name", ENSEMBLE)
+def test_member_differs_from_base_only_where_the_plan_says(name):
+    base, member = _yaml(CONFIG_DIR / "base.yaml"), _yaml(_ensemble_path(name))
+    assert set(member) == set(base), f"keys differ: {sorted(set(member) ^ set(base))}"
+    changed = {key for key in base if base[key] != member[key]}
+    assert changed <= MEMBER_KEYS, f"{name} also changes {sorted(changed - MEMBER_KEYS)}"
+    # Parsed training arguments too (catches a flag that differs only after defaults are applied).
+    base_t, member_t = _parse(CONFIG_DIR / "base.yaml")[-1].to_dict(), _parse(_ensemble_path(name))[-1].to_dict()
+    differing = {k for k in base_t if base_t[k] != member_t[k]}
+    assert differing <= {"seed", "learning_rate", "output_dir", "logging_dir"}, sorted(differing)
+
+
+@pytest.mark.parametrize("name", [n for n in ENSEMBLE if n != BASELINE])
+def test_member_model_config_differs_from_the_baseline_as_intended(name):
+    spec = ENSEMBLE[name]
+    baseline = RoadworkConfig(**_overrides(_parse(_ensemble_path(BASELINE))[0]))
+    member = RoadworkConfig(**_overrides(_parse(_ensemble_path(name))[0]))  # validates
+    if "backbone" in spec:
+        # The ConvNeXt member's backbone comes from the Hub id (not downloaded here); its head is the baseline's.
+        assert spec["backbone"] == "timm/convnextv2_base.fcmae_ft_in22k_in1k"
+        assert _config_dict(member) == _config_dict(baseline)
+        return
+    base_d, member_d = _config_dict(baseline), _config_dict(member)
+    differing = {k for k in base_d if base_d[k] != member_d[k]}
+    expected = set(spec["arch"])
+    if spec["dropout"] != ENSEMBLE[BASELINE]["dropout"]:
+        expected |= {"hidden_dropout", "attention_dropout"}
+    assert differing == expected
+    if name == "model_2_no_pruning":
+        assert (baseline.num_kept, member.num_kept) == (8, 12)
+    if name == "model_4_wider":
+        assert member.hidden_size // member.num_attention_heads == 96
+        for field in WIDTH_FIELDS:
+            assert getattr(member, field) == getattr(baseline, field) * 3 // 2, field
+        assert member.pyramid_sizes == [s * 3 // 2 for s in baseline.pyramid_sizes]
+    if name == "model_5_16_heads":
+        assert (member.hidden_size, member.hidden_size // member.num_attention_heads) == (512, 32)
+
+
+# ---------------------------------------------------------------------------------------------- tiny variants
+
+
+def _tiny_variant_config(name: str) -> RoadworkConfig:
+    """The member's architecture on the tiny test config: booleans, layer and head counts as they are; widths scaled
+    from the tiny ones by the member's factor (768 / 512 -> 32 becomes 48), so the test stays tiny."""
+    spec = ENSEMBLE[name]
+    overrides = {k: v for k, v in spec["arch"].items() if k not in WIDTH_FIELDS and k != "pyramid_sizes"}
+    overrides.update(hidden_dropout=spec["dropout"], attention_dropout=spec["dropout"])
+    if "hidden_size" in spec["arch"]:
+        tiny, default = tiny_config(), RoadworkConfig()
+        scale = spec["arch"]["hidden_size"] / default.hidden_size
+        for field in WIDTH_FIELDS:
+            overrides[field] = round(getattr(tiny, field) * scale)
+        overrides["pyramid_sizes"] = [round(s * scale) for s in tiny.pyramid_sizes]
+    if "backbone" in spec:
+        overrides["backbone_config"] = tiny_timm_config()  # a ConvNeXt V2 of the same family, shrunk
+    return tiny_config(**overrides)
+
+
+@pytest.mark.parametrize("name", ENSEMBLE)
+def test_tiny_variant_trains_on_view_features(name):
+    torch.manual_seed(0)
+    config = _tiny_variant_config(name)
+    model = RoadworkForImageClassification(config).train()
+    B, V = 3, config.num_views
+    D = config.backbone_hidden_size
+    out = model(view_features=torch.randn(B, V, D), labels=torch.tensor([0, 1, 1]))
+    assert out.logits.shape == (B, 2)
+    assert out.view_logits.shape == (B, config.num_kept, 2)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    head = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(not n.startswith("roadwork.backbone.") for n, _ in head), "the backbone must stay frozen"
+    for n, p in head:
+        assert p.grad is None or torch.isfinite(p.grad).all(), n
+    grads = {n: p.grad for n, p in head}
+    for n in (
+        "classifier.0.weight", "roadwork.input_projection.weight", "roadwork.attention_layers.0.qkv_proj.weight",
+        f"roadwork.attention_layers.{config.num_attention_layers - 1}.gate_proj.weight",
+    ):  # fmt: skip
+        assert grads[n] is not None and grads[n].abs().sum() > 0, n
+
+    layers = model.roadwork.attention_layers
+    assert len(layers) == config.num_attention_layers
+    if name == "model_2_no_pruning":
+        assert model.roadwork.view_pruning is None and config.num_kept == V
+    else:
+        assert model.roadwork.view_pruning is not None and config.num_kept == config.num_kept_views
+    if name == "model_3_deeper":
+        assert len(layers) == 6
+    if name == "model_4_wider":
+        assert config.hidden_size == 48 and layers[0].qkv_proj.weight.shape == (3 * 48, 48)
+    if name == "model_5_16_heads":
+        assert layers[0].num_heads == 16 and model.roadwork.view_fusion.cross_view_attention.num_heads == 16
+    if name == "model_6_convnext":
+        assert config.backbone_config.model_type == "timm_wrapper" and D == 32

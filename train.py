@@ -156,16 +156,46 @@ def _yaml_default(action, value):
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
+MERGED_MAPPINGS = ("model_overrides", "backbone_config")
+
+
+def load_config_file(path: str, _seen: tuple[str, ...] = ()) -> dict:
+    """
+    A YAML file of flags. `base: other.yaml` (relative to the file) is read first and the file's own keys win; the
+    mappings `model_overrides` and `backbone_config` are merged key by key, so a variant lists only what it changes.
+    """
+    path = os.path.abspath(path)
+    if path in _seen:
+        raise SystemExit(f"{path}: `base` includes form a cycle: {' -> '.join(_seen + (path,))}")
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"{path}: expected a mapping of flags, got {type(values).__name__}")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    merged = load_config_file(os.path.join(os.path.dirname(path), base), _seen + (path,))
+    for key, value in values.items():
+        if key in MERGED_MAPPINGS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def parse_args(argv: list[str] | None = None):
     """YAML from --config, overridden by command-line flags -> (model, data, gps, run, training) arguments."""
     parser = HfArgumentParser((ModelArguments, DataArguments, GPSArguments, RunArguments, TrainingArguments))
-    parser.add_argument("--config", default=None, help="YAML file of flags; command-line flags override it.")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML file of flags; command-line flags override it. A `base: other.yaml` key reads that file first.",
+    )
     parser.description = __doc__
     argv = list(sys.argv[1:] if argv is None else argv)
     known, _ = parser.parse_known_args(argv)
     if known.config:
-        with open(known.config) as f:
-            values = yaml.safe_load(f) or {}
+        values = load_config_file(known.config)
         actions = {action.dest: action for action in parser._actions}
         unknown = sorted(set(values) - set(actions))
         if unknown:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from roadwork_testing import tiny_config, tiny_timm_config
 
 from modeling_roadwork import CONVNEXTV2_BASE_ID, DINOV3_VITH16PLUS_ID, RoadworkConfig, RoadworkForImageClassification
@@ -59,8 +58,8 @@ def _restore_environ():
 
 
 def _yaml(path: Path) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    """The flags of a config file as train.py reads them (a `base:` file merged in)."""
+    return train.load_config_file(str(path))
 
 
 def _parse(path: Path):
@@ -288,3 +287,14 @@ def test_tiny_variant_trains_on_view_features(name):
         assert layers[0].num_heads == 16 and model.roadwork.view_fusion.cross_view_attention.num_heads == 16
     if name == "model_6_convnext":
         assert config.backbone_config.model_type == "timm_wrapper" and D == 32
+
+
+def test_base_include_merges_mappings_and_detects_cycles(tmp_path):
+    (tmp_path / "parent.yaml").write_text("seed: 1\nlearning_rate: 0.1\nmodel_overrides:\n  hidden_size: 64\n  num_attention_heads: 4\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nseed: 2\nmodel_overrides:\n  num_attention_heads: 8\n")
+    merged = train.load_config_file(str(tmp_path / "child.yaml"))
+    assert merged == {"seed": 2, "learning_rate": 0.1, "model_overrides": {"hidden_size": 64, "num_attention_heads": 8}}
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(SystemExit, match="cycle"):
+        train.load_config_file(str(tmp_path / "a.yaml"))

@@ -11,7 +11,7 @@ Hub (no real Hub is reachable; see DESIGN.md "Hub in tests")
                            constants huggingface_hub froze at import, see ``point_hf_client_at``), and an
                            empty per-test download cache. Restored afterwards.
 ``fresh_python`` (function) ``fresh_python(code, cwd=None, env_extra=None, *, hub=None)`` runs
-                           ``python -c code`` in a clean subprocess (repo not importable, temp HF_HOME,
+                           ``python -c code`` in a clean subprocess (PYTHONPATH dropped, temp HF_HOME,
                            offline unless ``hub=`` or ``env_extra["HF_ENDPOINT"]`` is given). This is the
                            most faithful way to run client code: HF_ENDPOINT is set before any import.
 """
@@ -138,7 +138,8 @@ def run_fresh_python(
 ) -> subprocess.CompletedProcess:
     """Run ``python -c <dedented code>`` in a clean interpreter; return the CompletedProcess (text).
 
-    * cwd: a fresh temp dir unless given; PYTHONPATH & co removed => the repo is not importable.
+    * cwd: a fresh temp dir unless given; PYTHONPATH & co removed. The project is installed editable, so
+      tests that must not import it prepend roadwork_testing.BLOCK_PROJECT_IMPORTS.
     * HF_*/TRANSFORMERS_* variables of this process are dropped; HF_HOME is a fresh temp dir.
     * Offline (HF_HUB_OFFLINE=TRANSFORMERS_OFFLINE=HF_DATASETS_OFFLINE=1) unless ``hub`` is given
       (then HF_ENDPOINT/HF_TOKEN/HF_HUB_DISABLE_XET point at it) or env_extra sets HF_ENDPOINT.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from roadwork_testing import BLOCK_PROJECT_IMPORTS
 
 BINARY = bytes(range(256)) * 40 + b"\x00\xff\r\n"
 
@@ -299,13 +300,18 @@ def test_fresh_python_from_pretrained_of_seeded_repo(hub_server, fresh_python, t
 def test_fresh_python_is_offline_and_isolated(fresh_python, tmp_path):
     proc = fresh_python(
         """
-        import os, sys, importlib.util
+        import os, sys
         from huggingface_hub import constants
-        print(constants.HF_HUB_OFFLINE, os.environ.get("PYTHONPATH"), importlib.util.find_spec("modeling_roadwork"))
+        print(constants.HF_HUB_OFFLINE, os.environ.get("PYTHONPATH"))
         print(constants.HF_HOME.startswith(os.path.realpath(os.environ["HF_HOME"])) or constants.HF_HOME)
         """
     )
-    assert proc.stdout.split() == ["True", "None", "None", "True"]
+    assert proc.stdout.split() == ["True", "None", "True"]
+    # The project is installed (editable), so tests that prove a checkpoint self-contained block its packages.
+    blocked = fresh_python(
+        BLOCK_PROJECT_IMPORTS + "\ntry:\n    import modeling_roadwork\nexcept ImportError as e:\n    print('BLOCKED', e)\n"
+    )
+    assert "BLOCKED" in blocked.stdout
     with pytest.raises(AssertionError, match="boom"):
         fresh_python("raise SystemExit('boom')")
     assert fresh_python("import sys; sys.exit(3)", check=False).returncode == 3

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -161,6 +162,19 @@ class RoadworkTrainer(Trainer):
             self._component_steps = 0
         super().log(logs, start_time)
 
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """
+        Trainer pushes a checkpoint by copying a fixed list of files (config, weights) into the output dir and
+        uploading that. A roadwork checkpoint also needs its model code (`trust_remote_code`) and a model card, or
+        the Hub repo does not load between the first checkpoint and the end of training.
+        """
+        if self.is_world_process_zero() and self.args.push_to_hub:
+            for name in os.listdir(checkpoint_folder):
+                if name.endswith(".py"):
+                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+            self.create_model_card()
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(self, **kwargs) -> None:
         """Writes the roadwork model card (README.md) to the output dir; `push_to_hub` uploads it."""

@@ -490,6 +490,15 @@ def test_push_to_hub_model_card_and_parity(hub, roadwork_cache, tmp_path, monkey
         "--push_to_hub", "--hub_model_id", repo_id,
     ]  # fmt: skip
     train.main(args)
+    # The checkpoint push during training is a loadable repo too: model code and card included.
+    from huggingface_hub import HfApi
+
+    commits = HfApi().list_repo_commits(repo_id)
+    in_progress = [c for c in commits if c.title.startswith("Training in progress")]
+    assert in_progress, [c.title for c in commits]
+    checkpoint_files = set(hub.files(repo_id, revision=in_progress[-1].commit_id))
+    assert {"README.md", "config.json", "model.safetensors", "modeling_roadwork.py", "configuration_roadwork.py",
+            "image_processing_roadwork.py", "preprocessor_config.json"} <= checkpoint_files, sorted(checkpoint_files)  # fmt: skip
     files = set(hub.files(repo_id))
     expected = {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "modeling_roadwork.py",
                 "configuration_roadwork.py", "image_processing_roadwork.py"}  # fmt: skip

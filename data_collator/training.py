@@ -87,7 +87,8 @@ class RoadworkTrainer(Trainer):
         self.final_metrics: dict[str, float] = {}  # set by train.py after the final evaluations, for the model card
         self.sample_weights = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float64)
         self.sampler_seed = sampler_seed
-        self._component_sums: dict[str, float] = dict.fromkeys(LOSS_COMPONENTS, 0.0)
+        # Sums stay tensors on the device until a log step: a float() per step would sync the GPU every step.
+        self._component_sums: dict[str, torch.Tensor | float] = dict.fromkeys(LOSS_COMPONENTS, 0.0)
         self._component_counts: dict[str, int] = dict.fromkeys(LOSS_COMPONENTS, 0)
         self._component_steps = 0
 
@@ -146,7 +147,7 @@ class RoadworkTrainer(Trainer):
             for name in LOSS_COMPONENTS:
                 value = outputs[name] if name in outputs else None
                 if value is not None:
-                    self._component_sums[name] += float(value.detach())
+                    self._component_sums[name] = self._component_sums[name] + value.detach().float()
                     self._component_counts[name] += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
@@ -155,7 +156,7 @@ class RoadworkTrainer(Trainer):
             for name in LOSS_COMPONENTS:
                 count = self._component_counts[name]
                 if count:
-                    logs[name] = round(self._component_sums[name] / count, 6)
+                    logs[name] = round(float(self._component_sums[name]) / count, 6)
                 logs[f"{name}_skipped"] = round(1.0 - count / self._component_steps, 4)
             self._component_sums = dict.fromkeys(LOSS_COMPONENTS, 0.0)
             self._component_counts = dict.fromkeys(LOSS_COMPONENTS, 0)

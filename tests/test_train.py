@@ -628,3 +628,22 @@ def test_allow_weak_gps_weighting_trains(roadwork_cache, tmp_path, monkeypatch, 
     assert read_json(out / "gps_weighting" / "gps_report.json")["passed"] is False
     assert math.isfinite(summary["metrics"]["test_loss"])
     assert SUMMARY_RE.search(capsys.readouterr().out)
+
+
+def test_each_loss_component_is_logged_with_its_skip_rate(uninterrupted_run):
+    """RoadworkTrainer logs the mean of each loss component next to `loss`, and how often it was skipped."""
+    train_logs = [entry for entry in log_history(uninterrupted_run.out) if "loss" in entry and "eval_loss" not in entry]
+    assert train_logs
+    components = ("focal_loss", "consistency_loss", "weather_loss", "seg_loss")
+    for entry in train_logs:
+        for name in components:
+            skipped = entry[f"{name}_skipped"]
+            assert 0.0 <= skipped <= 1.0, (name, entry)
+            if skipped < 1.0:
+                assert math.isfinite(entry[name]) and entry[name] >= 0.0, (name, entry)
+            else:
+                assert name not in entry, "a component skipped in every step has no mean"
+    # Focal and consistency losses need only the labels every row has: never skipped.
+    assert all(entry["focal_loss_skipped"] == 0.0 and entry["consistency_loss_skipped"] == 0.0 for entry in train_logs)
+    # The synthetic data has masks and weather on only some rows, so those two components ran in some steps.
+    assert any("seg_loss" in entry for entry in train_logs) and any("weather_loss" in entry for entry in train_logs)

@@ -11,6 +11,8 @@ Flags given on the command line override the YAML file. `python train.py --help`
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import logging
 import os
@@ -62,7 +64,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "JSON (or a YAML mapping) of a backbone config to build with RANDOM weights instead of loading "
-            "--backbone, e.g. a tiny DINOv3 for smoke tests: {\"model_type\": \"dinov3_vit\", \"hidden_size\": 64, ...}."
+            "--backbone, e.g. a tiny DINOv3 for smoke tests: {\"model_type\": \"dinov3_vit\", \"hidden_size\": 64, ...}. "
+            "On the command line it is merged into the --config file's mapping."
         },
     )
     model_name_or_path: str | None = field(
@@ -72,7 +75,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "JSON (or a YAML mapping) of RoadworkConfig fields, e.g. {\"num_attention_layers\": 6, "
-            "\"use_view_pruning\": false}. Every architecture and loss setting is a config field."
+            "\"use_view_pruning\": false}. Every architecture and loss setting is a config field. On the command "
+            "line it is merged into the --config file's mapping; unknown field names are rejected."
         },
     )
 
@@ -201,8 +205,29 @@ def parse_args(argv: list[str] | None = None):
         if unknown:
             raise SystemExit(f"{known.config}: unknown keys {unknown}; see `python train.py --help`")
         parser.set_defaults(**{k: _yaml_default(actions[k], v) for k, v in values.items()})
-    *dataclasses_, _ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    return tuple(dataclasses_)
+    else:
+        values = {}
+    model_args, *rest, _ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    for name in MERGED_MAPPINGS:
+        # A mapping on the command line adds to (and overrides keys of) the YAML's mapping instead of replacing it.
+        from_yaml = values.get(name)
+        given = getattr(model_args, name)
+        if isinstance(from_yaml, dict) and given is not None and given != json.dumps(from_yaml):
+            setattr(model_args, name, json.dumps({**from_yaml, **_json_arg(given, name)}))
+    _check_model_overrides(_json_arg(model_args.model_overrides, "model_overrides"))
+    return (model_args, *rest)
+
+
+def _check_model_overrides(overrides: dict) -> None:
+    """RoadworkConfig takes **kwargs (transformers stores unknown keys as attributes), so a misspelt field would be
+    silently ignored: reject keys that are not config fields, with the closest field names."""
+    fields_ = set(inspect.signature(RoadworkConfig.__init__).parameters) - {"self", "kwargs"}
+    fields_ |= {"id2label", "label2id"}
+    for key in overrides:
+        if key not in fields_:
+            close = difflib.get_close_matches(key, sorted(fields_), n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise SystemExit(f"--model_overrides: {key!r} is not a RoadworkConfig field{hint}")
 
 
 def _json_arg(value: str | None, name: str) -> dict:

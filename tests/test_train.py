@@ -175,7 +175,8 @@ def test_command_line_overrides_yaml():
     assert gps.gps_bracket_weights == [1.0, 2.0, 3.0, 4.0]
     assert gps.gps_weighting is False
     assert run.early_stopping_patience == 2
-    assert json.loads(model.model_overrides) == {"hidden_size": 64}
+    overrides = json.loads(model.model_overrides)
+    assert overrides["hidden_size"] == 64 and overrides["view_size"] == 64, "merged into the YAML's mapping"
     # Not overridden: the YAML values, including YAML mappings passed on as JSON.
     assert training.seed == 42 and training.num_train_epochs == 4 and training.per_device_train_batch_size == 16
     assert data.dataset == "synthetic" and data.synthetic_num_train == 240 and data.validation_fraction == 0.15
@@ -647,3 +648,12 @@ def test_each_loss_component_is_logged_with_its_skip_rate(uninterrupted_run):
     assert all(entry["focal_loss_skipped"] == 0.0 and entry["consistency_loss_skipped"] == 0.0 for entry in train_logs)
     # The synthetic data has masks and weather on only some rows, so those two components ran in some steps.
     assert any("seg_loss" in entry for entry in train_logs) and any("weather_loss" in entry for entry in train_logs)
+
+
+def test_model_overrides_from_the_command_line_merge_into_the_yaml_and_typos_are_rejected():
+    model_args, *_ = train.parse_args(["--config", str(QUICKSTART), "--model_overrides", '{"num_attention_layers": 3}'])
+    overrides = json.loads(model_args.model_overrides)
+    assert overrides["num_attention_layers"] == 3
+    assert overrides["view_size"] == 64, "the YAML's other overrides stay"
+    with pytest.raises(SystemExit, match="'hidden_sise' is not a RoadworkConfig field; did you mean hidden_size"):
+        train.parse_args(["--config", str(QUICKSTART), "--model_overrides", '{"hidden_sise": 64}'])

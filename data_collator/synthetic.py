@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm.auto import tqdm
 
 from .schema import SEG_CLASS_NAMES, SEG_MASKS_COLUMN, encode_seg_masks
 
@@ -710,6 +711,7 @@ def generate_synthetic_dataset(
     data_dir.mkdir(parents=True, exist_ok=True)
     features = synthetic_features(with_masks=config.mask_rate > 0)
     counts = {}
+    bar = tqdm(total=config.num_train + config.num_test, desc="synthetic roadwork scenes", unit="row")
     for split, num_rows in (("train", config.num_train), ("test", config.num_test)):
         if num_rows == 0:
             continue
@@ -717,7 +719,10 @@ def generate_synthetic_dataset(
         bounds = np.linspace(0, num_rows, num_shards + 1).astype(int)
         labels = []
         for shard in range(num_shards):
-            rows = [generate_row(config, split, i) for i in range(bounds[shard], bounds[shard + 1])]
+            rows = []
+            for i in range(bounds[shard], bounds[shard + 1]):
+                rows.append(generate_row(config, split, i))
+                bar.update(1)
             labels += [r["label"] for r in rows]
             columns = {name: [r[name] for r in rows] for name in features}
             table = datasets.Dataset.from_dict(columns, features=features)
@@ -725,6 +730,7 @@ def generate_synthetic_dataset(
             if progress is not None:
                 progress(split, int(bounds[shard + 1]), num_rows)
         counts[split] = {"rows": num_rows, "roadwork": int(sum(labels)), "none": int(num_rows - sum(labels))}
+    bar.close()
     manifest = {"generator": "data_collator.synthetic", "config": asdict(config), "splits": counts}
     (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return output_dir

@@ -191,7 +191,7 @@ class RoadworkTrainer(Trainer):
                 "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm",
                 "bf16", "torch_compile", "seed")  # fmt: skip
         card = model_card(
-            repo_id=self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
+            repo_id=self.args.hub_model_id or self.args.output_dir,
             config=self.accelerator.unwrap_model(self.model).config,
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             dataset=self.dataset_name, training_args={k: getattr(self.args, k) for k in keys},
@@ -226,10 +226,13 @@ def model_card(
              "- streetvision", "- multi-view", "- custom_code"]  # fmt: skip
     if base_model:
         front.append(f"base_model: {base_model}")
-    if dataset:
+    # Only a Hub dataset id belongs in the metadata ("synthetic" or a local folder would link nowhere).
+    if dataset and "/" in dataset and not os.path.exists(dataset):
         front += ["datasets:", f"- {dataset}"]
     front.append("---")
-    metric_rows = "\n".join(f"| {k} | {_format_metric(v)} |" for k, v in sorted(metrics.items())) or "| (none) | |"
+    # Timings and epoch counters are not model quality.
+    shown = {k: v for k, v in metrics.items() if not k.endswith(("runtime", "per_second", "epoch"))}
+    metric_rows = "\n".join(f"| {k} | {_format_metric(v)} |" for k, v in sorted(shown.items())) or "| (none) | |"
     architecture = {
         "backbone": backbone_name, "views": config.num_views, "view_size": config.view_size,
         "kept_views": config.num_kept if config.use_view_pruning else None, "hidden_size": config.hidden_size,
@@ -240,7 +243,7 @@ def model_card(
     }  # fmt: skip
     training = json.dumps(dict(training_args), indent=2, default=str) if training_args else "(not recorded)"
     body = f"""
-# {repo_id.split("/")[-1]}
+# {repo_id.rstrip("/").split("/")[-1]}
 
 A multi-view roadwork classifier: does a street photo show roadwork (cones, barriers, road-work signs, workers,
 construction vehicles)? Labels: `{config.id2label}`. Built with the roadwork project on `transformers`; the

@@ -26,8 +26,10 @@ import yaml
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 
 from data_collator import (
+    RoadworkAugmentationConfig,
     RoadworkDataCollator,
     RoadworkDataset,
+    RoadworkViewAugmenter,
     build_vocabularies,
     ensure_synthetic_dataset,
     gps_array,
@@ -109,6 +111,13 @@ class DataArguments:
     )
     augmentation: str = field(
         default="heavy", metadata={"help": "Per-view augmentation of training views: heavy, light or none."}
+    )
+    augmentation_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Factor on every augmentation probability (capped at 1), e.g. 1.5 or 0.75 for the plan's "
+            "ensemble members 2 and 3."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split (debugging)."})
     max_eval_samples: int | None = field(
@@ -335,10 +344,15 @@ def main(argv: list[str] | None = None) -> dict:
     weights = gps_sample_weights(gps_args, train, test, training_args.output_dir, training_args.seed, is_main)
 
     # Stage 4: datasets and collator.
+    train_augmentation = data_args.augmentation
+    if data_args.augmentation in ("heavy", "light"):
+        train_augmentation = RoadworkViewAugmenter(
+            RoadworkAugmentationConfig(strength=data_args.augmentation, scale=data_args.augmentation_scale)
+        )
     datasets = {
         name: RoadworkDataset(
             split, image_processor, vocabularies=config,
-            augmentation=data_args.augmentation if name == "train" else "none", seed=training_args.seed,
+            augmentation=train_augmentation if name == "train" else "none", seed=training_args.seed,
         )  # fmt: skip
         for name, split in (("train", train), ("validation", validation), ("test", test))
     }

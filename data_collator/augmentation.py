@@ -50,6 +50,8 @@ class RoadworkAugmentationConfig:
 
     Args:
         strength (`str`, *optional*, defaults to `"heavy"`): ``"heavy"`` (x1), ``"light"`` (x0.5) or ``"none"`` (x0).
+        scale (`float`, *optional*, defaults to 1.0): a further factor on every probability (capped at 1), e.g. the
+            plan's 1.5x and 0.75x ensemble members.
         hflip_p (`float`, *optional*, defaults to 0.7): horizontal flip.
         rotate_p (`float`, *optional*, defaults to 0.5): rotation by up to `rotate_limit` degrees.
         perspective_p (`float`, *optional*, defaults to 0.25): perspective warp with `perspective_scale`.
@@ -67,6 +69,7 @@ class RoadworkAugmentationConfig:
     """
 
     strength: str = "heavy"
+    scale: float = 1.0
     hflip_p: float = 0.7
     rotate_p: float = 0.5
     rotate_limit: float = 15.0
@@ -97,6 +100,8 @@ class RoadworkAugmentationConfig:
     def __post_init__(self):
         if self.strength not in AUGMENTATION_STRENGTHS:
             raise ValueError(f"strength must be one of {sorted(AUGMENTATION_STRENGTHS)}, got {self.strength!r}")
+        if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale >= 0):
+            raise ValueError(f"scale must be a finite number >= 0, got {self.scale!r}")
         for name in self.probability_names():
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
@@ -114,12 +119,12 @@ class RoadworkAugmentationConfig:
 
     @property
     def probability_scale(self) -> float:
-        return AUGMENTATION_STRENGTHS[self.strength]
+        return AUGMENTATION_STRENGTHS[self.strength] * self.scale
 
     def probabilities(self) -> dict[str, float]:
-        """The probabilities actually used: each configured one times the strength's scale."""
+        """The probabilities actually used: each configured one times the strength's factor and `scale`, at most 1."""
         scale = self.probability_scale
-        return {name: getattr(self, name) * scale for name in self.probability_names()}
+        return {name: min(1.0, getattr(self, name) * scale) for name in self.probability_names()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

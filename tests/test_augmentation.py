@@ -46,6 +46,16 @@ def test_heavy_matches_the_plan_and_light_halves_every_probability():
     assert sorted(sum(AUGMENTATION_GROUPS.values(), ())) == sorted(PLAN_PROBABILITIES)
 
 
+def test_scale_multiplies_every_probability_and_caps_at_one():
+    heavier = RoadworkAugmentationConfig(strength="heavy", scale=1.5).probabilities()
+    assert heavier == pytest.approx({k: min(1.0, v * 1.5) for k, v in PLAN_PROBABILITIES.items()})
+    assert heavier["hflip_p"] == 1.0, "0.7 x 1.5 is capped"
+    lighter = RoadworkAugmentationConfig(strength="light", scale=0.75).probabilities()
+    assert lighter == pytest.approx({k: v * 0.5 * 0.75 for k, v in PLAN_PROBABILITIES.items()})
+    built = [t.p for t in RoadworkViewAugmenter(RoadworkAugmentationConfig(scale=0.75)).build_transforms(SIZE, SIZE)]
+    assert sorted(built) == pytest.approx(sorted(v * 0.75 for v in PLAN_PROBABILITIES.values()))
+
+
 def test_built_transforms_carry_the_configured_probabilities():
     for strength, scale in (("heavy", 1.0), ("light", 0.5)):
         augmenter = RoadworkViewAugmenter(strength)
@@ -67,6 +77,7 @@ def test_plan_parameter_ranges():
     "kwargs, match",
     [
         ({"strength": "medium"}, "'medium'"),
+        ({"scale": -1.0}, "scale"),
         ({"rain_p": 1.5}, "rain_p"),
         ({"zoom_range": (1.3, 0.7)}, "zoom_range"),
         ({"gaussian_blur_kernel": (4, 5)}, "gaussian_blur_kernel"),

@@ -26,12 +26,17 @@ CONFIG_DIR = REPO / "configs"
 ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 BASELINE = "model_1_baseline"
 
-# The plan's ensemble ("6-Model Ensemble Strategy"): seed, learning rate, dropout, < 50 km GPS weight, and the
-# RoadworkConfig fields that make the architecture differ from the baseline.
+# The plan's ensemble ("6-Model Ensemble Strategy"): seed, learning rate, dropout, < 50 km GPS weight, augmentation
+# scale ("Augmentation Strength Variations": 1.5x for model 2, 0.75x for model 3), and the RoadworkConfig fields
+# that make the architecture differ from the baseline.
 ENSEMBLE = {
     "model_1_baseline": dict(seed=42, lr=3e-4, dropout=0.10, gps=5.0, arch={}),
-    "model_2_no_pruning": dict(seed=123, lr=2.5e-4, dropout=0.15, gps=7.5, arch={"use_view_pruning": False}),
-    "model_3_deeper": dict(seed=456, lr=3.5e-4, dropout=0.20, gps=3.0, arch={"num_attention_layers": 6}),
+    "model_2_no_pruning": dict(
+        seed=123, lr=2.5e-4, dropout=0.15, gps=7.5, augmentation_scale=1.5, arch={"use_view_pruning": False}
+    ),
+    "model_3_deeper": dict(
+        seed=456, lr=3.5e-4, dropout=0.20, gps=3.0, augmentation_scale=0.75, arch={"num_attention_layers": 6}
+    ),
     "model_4_wider": dict(
         seed=789, lr=3e-4, dropout=0.10, gps=5.0,
         arch={
@@ -45,7 +50,9 @@ ENSEMBLE = {
 # Width fields of RoadworkConfig: the "wider" member scales all of them by the same factor.
 WIDTH_FIELDS = ("hidden_size", "fusion_hidden_size", "classifier_hidden_size", "fusion_gate_hidden_size")
 # What a member may change relative to base.yaml; everything else must be identical.
-MEMBER_KEYS = {"seed", "learning_rate", "output_dir", "gps_bracket_weights", "model_overrides", "backbone"}
+MEMBER_KEYS = {
+    "seed", "learning_rate", "output_dir", "gps_bracket_weights", "model_overrides", "backbone", "augmentation_scale",
+}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -184,6 +191,8 @@ def test_member_has_its_plan_numbers(name):
     assert gps_args.gps_bracket_weights[0] == spec["gps"]
     assert gps_args.gps_bracket_weights[1:] == [2.5, 1.0, 0.3]
     assert t.output_dir == f"outputs/ensemble/{name}"
+    assert data_args.augmentation == "heavy"
+    assert data_args.augmentation_scale == spec.get("augmentation_scale", 1.0)
     assert model_args.backbone == spec.get("backbone", DINOV3_VITH16PLUS_ID)
     assert model_args.backbone_config is None
     overrides = _overrides(model_args)

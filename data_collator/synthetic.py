@@ -698,7 +698,7 @@ def generate_synthetic_dataset(
     config: SyntheticDatasetConfig | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
-    """Writes ``output_dir/data/{train,test}-XXXXX-of-YYYYY.parquet`` and a manifest. Returns `output_dir`.
+    """Writes ``output_dir/data/{train,test}-<shard>-of-<shards>.parquet`` and a manifest. Returns `output_dir`.
 
     The shards carry `datasets` feature metadata, so both ``datasets.load_dataset("parquet", data_dir=...)``
     and ``datasets.load_dataset(output_dir)`` read ``image`` back as an `Image` feature.

@@ -11,6 +11,7 @@ Flags given on the command line override the YAML file. `python train.py --help`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -32,7 +33,16 @@ from data_collator.synthetic import SyntheticDatasetConfig
 from modeling_roadwork import RoadworkImageProcessor, RoadworkTextEmbedder
 from roadwork_training import RoadworkTrainer, compute_metrics
 from roadwork_training.arguments import RoadworkArgumentParser, prefixed_arguments, to_config
-from roadwork_training.build import DataArguments, ModelArguments, build_model, gps_sample_weights, load_data
+from roadwork_training.build import (
+    DataArguments,
+    ModelArguments,
+    build_model,
+    condition_datasets,
+    gps_sample_weights,
+    load_data,
+)
+from roadwork_training.metrics import CONDITIONS, PRIMARY_CONDITION, format_metric
+from roadwork_training.trainer import best_evaluation
 
 
 logger = logging.getLogger("roadwork.train")
@@ -91,20 +101,33 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
         raise SystemExit(f"invalid flag value: {error}") from error
 
 
+def check_best_model_metric(training_args: TrainingArguments) -> None:
+    """`metric_for_best_model` must be a metric the condition evaluations produce (e.g. serving_mcc), or the loss."""
+    metric = (training_args.metric_for_best_model or "").removeprefix("eval_")
+    valid = {f"{c}_{m}" for c in CONDITIONS for m in ("mcc", "accuracy", "f1", "roc_auc", "streetvision_reward")}
+    valid |= {f"{c}_loss" for c in CONDITIONS}
+    if training_args.load_best_model_at_end and metric not in valid:
+        raise SystemExit(
+            f"--metric_for_best_model {metric!r} is not a validation metric; evaluations report every metric under "
+            f"each condition: use e.g. {PRIMARY_CONDITION}_mcc (what a miner is scored on) or metadata_mcc"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     training_args = args.training
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_best_model_metric(training_args)
     started = time.time()
     set_seed(training_args.seed)
     is_main = training_args.process_index == 0
 
     # Stage 1: data and vocabularies (from the train split only).
-    train, validation, test, vocabularies = load_data(args.data, training_args.seed, args.synthetic)
-    logger.info("rows: train %d, validation %d, test %d", len(train), len(validation), len(test))
+    splits, vocabularies = load_data(args.data, training_args.seed, args.synthetic)
+    logger.info("rows: %s", ", ".join(f"{name} {len(split)}" for name, split in splits.items()))
 
     # Stage 2: model and image processor.
-    model = build_model(args.model, vocabularies)
+    model = build_model(args.model, vocabularies, splits["train"])
     config = model.config
     image_processor = RoadworkImageProcessor(view_size=config.view_size)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -114,22 +137,22 @@ def main(argv: list[str] | None = None) -> dict:
     weights = None
     if args.run.gps_weighting:
         report_dir = os.path.join(training_args.output_dir, "gps_weighting") if is_main else None
-        weights = gps_sample_weights(args.gps, train, test, report_dir, allow_weak=args.run.allow_weak_gps_weighting)
+        weights = gps_sample_weights(
+            args.gps, splits["train"], splits["test"], report_dir, allow_weak=args.run.allow_weak_gps_weighting
+        )
 
-    # Stage 4: datasets and collator.
-    augmenter = RoadworkViewAugmenter(args.augmentation)
-    datasets = {
-        name: RoadworkDataset(
-            split, image_processor, vocabularies=config, augmentation=augmenter if name == "train" else "none",
-            seed=training_args.seed,
-        )  # fmt: skip
-        for name, split in (("train", train), ("validation", validation), ("test", test))
-    }
+    # Stage 4: datasets and collator. Validation runs under every condition (serving first); early stopping and
+    # the best checkpoint follow --metric_for_best_model (serving_mcc in the configs).
+    train_dataset = RoadworkDataset(
+        splits["train"], image_processor, vocabularies=config, augmentation=RoadworkViewAugmenter(args.augmentation),
+        seed=training_args.seed, metadata_dropout=args.data.metadata_dropout,
+        metadata_field_dropout=args.data.metadata_field_dropout,
+    )  # fmt: skip
     embedder = None
     if args.data.use_text_embeddings and config.use_metadata and config.use_text:
         embedder = RoadworkTextEmbedder.get(config.text_encoder_name)
         # Every distinct description is embedded once, here, before DataLoader workers fork and inherit the cache.
-        for split in (train, validation, test):
+        for split in splits.values():
             embedder([clean_description(text) for text in get_column(split, "scene_description")])
     collator = RoadworkDataCollator(
         text_embedder=embedder, text_embed_dim=config.text_embed_dim, seg_mask_size=config.seg_resolution
@@ -145,41 +168,60 @@ def main(argv: list[str] | None = None) -> dict:
     if args.run.early_stopping_patience > 0 and training_args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.run.early_stopping_patience))
     trainer = RoadworkTrainer(
-        model=model, args=training_args, train_dataset=datasets["train"], eval_dataset=datasets["validation"],
+        model=model, args=training_args, train_dataset=train_dataset,
+        eval_dataset=condition_datasets(splits["validation"], image_processor, config, training_args.seed),
         data_collator=collator, processing_class=image_processor, compute_metrics=compute_metrics,
         callbacks=callbacks, sample_weights=weights, sampler_seed=training_args.seed, dataset_name=args.data.dataset,
         base_model=None if args.model.backbone_config else args.model.backbone,
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
-    # Stage 6: evaluate, save, push, summarise.
-    trainer.remove_callback(EarlyStoppingCallback)  # it would look for eval_mcc in the test metrics
-    metrics = {f"validation_{k.removeprefix('eval_')}": v for k, v in trainer.evaluate().items()}
-    metrics.update(trainer.evaluate(datasets["test"], metric_key_prefix="test"))
+    # Stage 6: evaluate every split except train under every condition; save, push, summarise.
+    trainer.remove_callback(EarlyStoppingCallback)  # it would look for the validation metric in the test metrics
+    metrics = {}
+    for name, split in splits.items():
+        if name != "train":
+            datasets = condition_datasets(split, image_processor, config, training_args.seed)
+            metrics.update(trainer.evaluate(datasets, metric_key_prefix=name))
+    metrics = lead_with_serving(metrics, [name for name in splits if name != "train"])
     trainer.final_metrics = metrics
     trainer.save_model()
     trainer.create_model_card()
+    summary = _summary(trainer, metrics, time.time() - started, training_args.output_dir)
     if is_main:
-        trainer.save_metrics("all", metrics)
+        with open(os.path.join(training_args.output_dir, "all_results.json"), "w") as f:
+            json.dump(metrics, f, indent=2)  # not sorted: serving first
         trainer.save_state()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="roadwork: end of training")
-    summary = _summary(trainer, metrics, time.time() - started, training_args.output_dir)
     if is_main:
         print(summary["line"], flush=True)
     return summary
 
 
+def lead_with_serving(metrics: dict, split_names: list[str]) -> dict:
+    """Metrics ordered split by split (`split_names`), and within a split by condition, serving first."""
+    ordered = {}
+    for split in split_names:
+        for condition in CONDITIONS:
+            prefix = f"{split}_{condition}_"
+            ordered.update({k: v for k, v in metrics.items() if k.startswith(prefix)})
+    ordered.update({k: v for k, v in metrics.items() if k not in ordered})
+    return ordered
+
+
 def _summary(trainer: RoadworkTrainer, metrics: dict, seconds: float, output_dir: str) -> dict:
-    evals = [e for e in trainer.state.log_history if "eval_mcc" in e]
-    best = max(evals, key=lambda e: e["eval_mcc"]) if evals else {}
-    best_mcc = best.get("eval_mcc", float("nan"))
+    metric = trainer.args.metric_for_best_model or f"{PRIMARY_CONDITION}_mcc"
+    best = best_evaluation(trainer.state.log_history, metric)
+    best_value = best.get(f"eval_{metric.removeprefix('eval_')}")
+    test = " | ".join(f"{c} {format_metric(metrics.get(f'test_{c}_mcc'), 'mcc')}" for c in CONDITIONS)
     line = (
-        f"roadwork: best validation MCC {best_mcc:.4f} at epoch {best.get('epoch', float('nan')):.2f}; "
-        f"test MCC {metrics.get('test_mcc', float('nan')):.4f}; wall time {seconds / 60:.1f} min; "
-        f"checkpoint {os.path.abspath(output_dir)}"
+        f"roadwork: best validation {metric.removeprefix('eval_')} {format_metric(best_value, 'mcc')} at epoch "
+        f"{best.get('epoch', float('nan')):.2f}; test MCC {test}; test reward ({PRIMARY_CONDITION}) "
+        f"{format_metric(metrics.get(f'test_{PRIMARY_CONDITION}_streetvision_reward'), 'streetvision_reward')}; "
+        f"wall time {seconds / 60:.1f} min; checkpoint {os.path.abspath(output_dir)}"
     )
-    return {"line": line, "best_mcc": best_mcc, "best_epoch": best.get("epoch"), "metrics": metrics}
+    return {"line": line, "best_metric": best_value, "best_epoch": best.get("epoch"), "metrics": metrics}
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_collator import build_vocabularies, ensure_synthetic_dataset, gps_array, labels_array, load_roadwork_splits
+from data_collator import RoadworkDataset, build_vocabularies, ensure_synthetic_dataset, gps_array, labels_array, load_roadwork_splits
 from data_collator.gps_weighting import RoadworkGPSWeightingConfig, prepare_gps_weighting
-from data_collator.schema import ROADWORK_HUB_ID
+from data_collator.schema import ROADWORK_HUB_ID, SEG_MASKS_COLUMN, get_column
 from data_collator.synthetic import SyntheticDatasetConfig
 from modeling_roadwork import DINOV3_VITH16PLUS_ID, RoadworkConfig, RoadworkForImageClassification
 
 from .arguments import check_config_fields, json_arg
+from .metrics import CONDITIONS
 
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,30 @@ class DataArguments:
         default=False,
         metadata={"help": "Drop rows whose description and label disagree, as the StreetVision validators do."},
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split (debugging)."})
+    extra_eval_splits: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Further splits of the dataset (a held-out city, a hard set) evaluated at the end under every "
+            "condition, e.g. --extra_eval_splits unseen_city hard."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on a seeded, stratified random subset of this many rows (debugging)."}
+    )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Truncate the validation and test splits (debugging)."}
+        default=None,
+        metadata={"help": "Evaluate a seeded, stratified random subset of this many rows of every evaluated split."},
+    )
+    metadata_dropout: float = field(
+        default=0.5,
+        metadata={
+            "help": "Training only: probability that a row loses all of its metadata (GPS, tags, description), as at "
+            "serving time, where none is sent. Trains the NULL embeddings on real rows; see README, Training."
+        },
+    )
+    metadata_field_dropout: float = field(
+        default=0.2,
+        metadata={"help": "Training only: probability that each remaining metadata field is dropped on its own."},
     )
     use_text_embeddings: bool = field(
         default=True,
@@ -93,41 +115,101 @@ class DataArguments:
     )
 
 
+def stratified_subset(split, size: int | None, seed: int):
+    """A seeded random subset of `size` rows with the label mix of `split` (sorted row order kept), or `split`."""
+    if not size or size >= len(split):
+        return split
+    from sklearn.model_selection import train_test_split
+
+    labels = labels_array(split)
+    stratify = labels if min(np.bincount(labels, minlength=2)) >= 2 and size >= 2 else None
+    kept, _ = train_test_split(np.arange(len(split)), train_size=size, random_state=seed, stratify=stratify)
+    return split.select(sorted(kept.tolist()))
+
+
 def load_data(args: DataArguments, seed: int, synthetic: SyntheticDatasetConfig | None = None):
-    """-> train, validation and test splits (`datasets.Dataset`) and the vocabularies of the train split."""
+    """
+    -> (splits, vocabularies): `splits` maps "train", "validation" (a stratified share of the train split), "test"
+    and every `--extra_eval_splits` name to a `datasets.Dataset`; the vocabularies come from the train rows only.
+    """
     source = args.dataset
     if source == "synthetic":
         source = str(ensure_synthetic_dataset(args.synthetic_dir, synthetic or SyntheticDatasetConfig()))
-    splits = load_roadwork_splits(source, consistency_filter=args.consistency_filter)
-    for name in (args.train_split, args.test_split):
-        if name not in splits:
-            raise SystemExit(f"{args.dataset} has no split {name!r}; it has {sorted(splits)}")
-    train, test = splits[args.train_split], splits[args.test_split]
-    if args.max_train_samples:
-        train = train.select(range(min(args.max_train_samples, len(train))))
+    loaded = load_roadwork_splits(source, consistency_filter=args.consistency_filter)
+    wanted = [args.train_split, args.test_split, *args.extra_eval_splits]
+    missing = [name for name in wanted if name not in loaded]
+    if missing:
+        raise SystemExit(f"{args.dataset} has no split {missing[0]!r}; it has {sorted(loaded)}")
     if not 0 < args.validation_fraction < 1:
         raise SystemExit(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}")
     from sklearn.model_selection import train_test_split
 
+    train = stratified_subset(loaded[args.train_split], args.max_train_samples, seed)
     labels = labels_array(train)
-    indices = np.arange(len(train))
     stratify = labels if min(np.bincount(labels, minlength=2)) >= 2 else None
     train_idx, val_idx = train_test_split(
-        indices, test_size=args.validation_fraction, random_state=seed, stratify=stratify
+        np.arange(len(train)), test_size=args.validation_fraction, random_state=seed, stratify=stratify
     )
-    validation = train.select(sorted(val_idx.tolist()))
-    train = train.select(sorted(train_idx.tolist()))
-    if args.max_eval_samples:
-        validation = validation.select(range(min(args.max_eval_samples, len(validation))))
-        test = test.select(range(min(args.max_eval_samples, len(test))))
-    return train, validation, test, build_vocabularies(train)
+    splits = {
+        "train": train.select(sorted(train_idx.tolist())),
+        "validation": train.select(sorted(val_idx.tolist())),
+        "test": loaded[args.test_split],
+    }
+    for name in args.extra_eval_splits:
+        if name in splits:
+            raise SystemExit(f"--extra_eval_splits {name!r} clashes with the {name} split; name another split")
+        splits[name] = loaded[name]
+    for name in list(splits):
+        if name != "train":
+            splits[name] = stratified_subset(splits[name], args.max_eval_samples, seed)
+    return splits, build_vocabularies(splits["train"])
 
 
-def build_model(args: ModelArguments, vocabularies: dict) -> RoadworkForImageClassification:
-    """A roadwork model: from a checkpoint, around a random backbone config, or around a pretrained backbone."""
+def condition_datasets(split, image_processor, config, seed: int, **dataset_kwargs) -> dict[str, RoadworkDataset]:
+    """
+    One split under each evaluation condition (`roadwork_training.metrics.CONDITIONS`), as datasets without
+    augmentation: `serving` (no metadata, the validators' challenge transform seeded by `seed` and the row),
+    `no_metadata` (no metadata, the full image) and `metadata` (as stored).
+    """
+    common = dict(vocabularies=config, augmentation="none", seed=seed, **dataset_kwargs)
+    built = {
+        "serving": RoadworkDataset(split, image_processor, image_transform="validator", use_metadata=False, **common),
+        "no_metadata": RoadworkDataset(split, image_processor, use_metadata=False, scan_metadata_on_init=False,
+                                       **common),
+        "metadata": RoadworkDataset(split, image_processor, scan_metadata_on_init=False, **common),
+    }  # fmt: skip
+    return {name: built[name] for name in CONDITIONS}
+
+
+def heads_without_labels(train, vocabularies: dict) -> dict[str, str]:
+    """
+    Auxiliary heads whose labels never occur in the training rows -> why. A dataset with only `image` and `label`
+    (or an always-null tag column) has no weather classes to predict and no masks to decode; those heads are
+    switched off rather than failing the config check or training on nothing.
+    """
+    reasons = {}
+    if not vocabularies.get("weather_vocab"):
+        reasons["use_weather_head"] = "no training row has a weather tag"
+    columns = getattr(train, "column_names", None) or []
+    if SEG_MASKS_COLUMN not in columns or all(m is None for m in get_column(train, SEG_MASKS_COLUMN)):
+        reasons["use_segmentation"] = "no training row has seg_masks"
+    return reasons
+
+
+def build_model(args: ModelArguments, vocabularies: dict, train=None) -> RoadworkForImageClassification:
+    """
+    A roadwork model: from a checkpoint, around a random backbone config, or around a pretrained backbone. With the
+    `train` rows, a fresh model switches off auxiliary heads that have no labels there (one log line each), unless
+    --model_overrides sets them.
+    """
     overrides = json_arg(args.model_overrides, "model_overrides")
     if args.model_name_or_path:
         return RoadworkForImageClassification.from_pretrained(args.model_name_or_path, **overrides)
+    if train is not None:
+        for name, why in heads_without_labels(train, vocabularies).items():
+            if name not in overrides:
+                logger.info("%s=False: %s (set it in --model_overrides to keep the head)", name, why)
+                overrides[name] = False
     overrides = {**vocabularies, **overrides}
     if args.backbone_config:
         backbone_config = json_arg(args.backbone_config, "backbone_config")
@@ -157,4 +239,4 @@ def gps_sample_weights(
     return weights
 
 
-__all__ = ["DataArguments", "ModelArguments", "build_model", "gps_sample_weights", "load_data"]
+__all__ = ["DataArguments", "ModelArguments", "build_model", "condition_datasets", "heads_without_labels", "gps_sample_weights", "load_data", "stratified_subset"]

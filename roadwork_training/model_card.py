@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 
 
-def _format_metric(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+from .metrics import CONDITIONS, condition_table, format_metric
+
+
+def _splits_with_conditions(metrics: Mapping[str, float]) -> list[str]:
+    """Split names of keys `{split}_{condition}_{metric}`, validation and test first, in order of appearance."""
+    splits: list[str] = []
+    for key in metrics:
+        for condition in CONDITIONS:
+            marker = f"_{condition}_"
+            if marker in key:
+                split = key.split(marker)[0]
+                if split not in splits and not any(split.endswith(f"_{c}") for c in CONDITIONS):
+                    splits.append(split)
+    order = {"validation": 0, "test": 1}
+    return sorted(splits, key=lambda name: (order.get(name, 2), splits.index(name)))
 
 
 def model_card(
@@ -38,7 +50,14 @@ def model_card(
     front.append("---")
     # Timings and epoch counters are not model quality.
     shown = {k: v for k, v in metrics.items() if not k.endswith(("runtime", "per_second", "epoch"))}
-    metric_rows = "\n".join(f"| {k} | {_format_metric(v)} |" for k, v in sorted(shown.items())) or "| (none) | |"
+    tables = []
+    for split in _splits_with_conditions(shown):
+        tables.append(f"### {split}\n\n{condition_table(shown, split)}")
+    rest = {k: v for k, v in shown.items() if not any(f"_{c}_" in k for c in CONDITIONS)}
+    if rest:
+        tables.append("### other\n\n| metric | value |\n|---|---|\n" + "\n".join(
+            f"| {k} | {format_metric(v, k.rsplit('_', 1)[-1])} |" for k, v in sorted(rest.items())))  # fmt: skip
+    evaluation = "\n\n".join(tables) or "No evaluation was recorded."
     architecture = {
         "backbone": backbone_name, "views": config.num_views, "view_size": config.view_size,
         "kept_views": config.num_kept if config.use_view_pruning else None, "hidden_size": config.hidden_size,
@@ -68,11 +87,18 @@ classifier = pipeline("image-classification", model=model, image_processor=AutoI
 
 ## Evaluation
 
-| metric | value |
-|---|---|
-{metric_rows}
+Each number is measured under a named condition, the one a StreetVision miner is scored on first:
+- `serving`: no metadata, and every image goes through the validators' challenge transform (one of four
+  distortion levels with equal probability: centre crop or random resized crop, rotation, flips, colour, JPEG,
+  noise and blur, at 224x224; seeded per row, so a rerun gives the same numbers);
+- `no_metadata`: no metadata, the full image;
+- `metadata`: the row's metadata (GPS, weather, daytime, scene, description) as stored.
 
-Predictions are thresholded as the StreetVision validators do (`round(p)`).
+Predictions are thresholded as the validators do (`round(p)`); `streetvision_reward` is their formula
+`(0.5 * max(MCC, 0) + 0.5 * accuracy) ** 3` over the whole split. Half of the validators' challenges are
+SDXL-generated images, which no split here contains: nothing in this card measures them.
+
+{evaluation}
 
 ## Architecture
 
@@ -94,8 +120,8 @@ where present; all metadata may be absent at prediction time.
 ## Intended use and limits
 
 Binary roadwork detection on street-level photos, e.g. for NATIX StreetVision miners. Not validated for safety-
-critical use. Performance on SDXL-generated images and on images far from the training cities is lower than on
-the evaluation split above. Serving sends no metadata: the model then uses its learned NULL embeddings.
+critical use. Serving sends no metadata: the model then uses its learned NULL embeddings, which is what the
+`serving` and `no_metadata` columns above measure.
 
 ## Licence note
 

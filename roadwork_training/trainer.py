@@ -141,10 +141,9 @@ class RoadworkTrainer(Trainer):
             return
         metrics = dict(self.final_metrics)
         if not metrics:
-            evals = [e for e in self.state.log_history if "eval_mcc" in e]
-            if evals:
-                best = max(evals, key=lambda e: e["eval_mcc"])
-                metrics = {k: v for k, v in best.items() if k.startswith("eval_")}
+            # During training (a checkpoint push): the best evaluation so far, named as the final ones are.
+            best = best_evaluation(self.state.log_history, self.args.metric_for_best_model)
+            metrics = {f"validation_{k.removeprefix('eval_')}": v for k, v in best.items() if k.startswith("eval_")}
         keys = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm",
                 "bf16", "torch_compile", "seed")  # fmt: skip
@@ -160,4 +159,11 @@ class RoadworkTrainer(Trainer):
             f.write(card)
 
 
-__all__ = ["RoadworkTrainer"]
+def best_evaluation(log_history: Sequence[dict], metric: str | None) -> dict:
+    """The evaluation log entry with the best `metric` (`eval_` prefix optional; higher is better), or {}."""
+    key = metric if (metric or "").startswith("eval_") else f"eval_{metric}"
+    evals = [entry for entry in log_history if key in entry]
+    return max(evals, key=lambda entry: entry[key]) if evals else {}
+
+
+__all__ = ["RoadworkTrainer", "best_evaluation"]

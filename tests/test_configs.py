@@ -1,5 +1,6 @@
-"""The YAML configs (configs/): they parse with train.py, base.yaml has the plan's numbers, and each ensemble
-member has exactly its seed / learning rate / dropout / GPS weight / architecture difference. CPU, no downloads."""
+"""The YAML configs (configs/): they parse with train.py, base.yaml has the original design's numbers, and each
+ensemble member has exactly its seed / learning rate / dropout / GPS weight / architecture difference. CPU, no
+downloads."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # train.py is a script at the repo root, not part of the installed packages
     sys.path.insert(0, str(REPO))
 import train  # noqa: E402
+from roadwork_training.arguments import load_config_file  # noqa: E402
 
 
 CONFIG_DIR = REPO / "configs"
 ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 BASELINE = "model_1_baseline"
 
-# The plan's ensemble ("6-Model Ensemble Strategy"): seed, learning rate, dropout, < 50 km GPS weight, augmentation
+# The ensemble of the original design (README, Training: six members): seed, learning rate, dropout, < 50 km GPS weight, augmentation
 # scale ("Augmentation Strength Variations": 1.5x for model 2, 0.75x for model 3), and the RoadworkConfig fields
 # that make the architecture differ from the baseline.
 ENSEMBLE = {
@@ -66,11 +68,11 @@ def _restore_environ():
 
 def _yaml(path: Path) -> dict:
     """The flags of a config file as train.py reads them (a `base:` file merged in)."""
-    return train.load_config_file(str(path))
+    return load_config_file(str(path))
 
 
 def _parse(path: Path):
-    """train.parse_args on one config -> (model, data, gps, run, training) arguments."""
+    """train.parse_args on one config -> its TrainArguments (model, data, synthetic, augmentation, gps, run, training)."""
     argv = ["--config", str(path)]
     if _yaml(path).get("bf16") and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         # TrainingArguments refuses bf16 without a bf16 GPU unless use_cpu is set; this machine may have none.
@@ -104,11 +106,14 @@ def test_the_expected_configs_exist():
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
 def test_config_parses_and_its_overrides_are_config_fields(path):
-    model_args, data_args, gps_args, run_args, training_args = _parse(path)
+    args = _parse(path)
+    model_args, gps, training_args = args.model, args.gps, args.training
     raw = _yaml(path)
     assert training_args.output_dir == raw["output_dir"]
-    assert len(gps_args.gps_bracket_weights) == len(gps_args.gps_bracket_edges_km) + 1
-    assert all(isinstance(w, float) for w in gps_args.gps_bracket_weights), gps_args.gps_bracket_weights
+    assert len(gps.bracket_weights) == len(gps.bracket_edges_km) + 1
+    assert all(isinstance(w, float) for w in gps.bracket_weights), gps.bracket_weights
+    assert gps.seed == training_args.seed, "the GPS centres are fitted with the run's seed"
+    assert training_args.metric_for_best_model == "serving_mcc", "select on what a miner is scored on"
     # RoadworkConfig accepts **kwargs (PretrainedConfig), so a misspelt field would be silently ignored.
     fields = set(inspect.signature(RoadworkConfig.__init__).parameters) - {"self", "kwargs"}
     overrides = _overrides(model_args)
@@ -127,27 +132,28 @@ def test_output_dirs_are_distinct():
 
 def test_yaml_lists_reach_list_flags_as_lists():
     # A YAML list must arrive as a list of floats, not as a JSON string that argparse then tries to read as a float.
-    _, _, gps_args, _, _ = _parse(_ensemble_path("model_2_no_pruning"))
-    assert gps_args.gps_bracket_weights == [7.5, 2.5, 1.0, 0.3]
-    assert gps_args.gps_bracket_edges_km == [50.0, 200.0, 500.0]
+    gps = _parse(_ensemble_path("model_2_no_pruning")).gps
+    assert gps.bracket_weights == [7.5, 2.5, 1.0, 0.3]
+    assert gps.bracket_edges_km == [50.0, 200.0, 500.0]
 
 
 # ---------------------------------------------------------------------------------------------- base.yaml
 
 
-def test_base_has_the_plan_numbers():
-    model_args, data_args, gps_args, run_args, t = _parse(CONFIG_DIR / "base.yaml")
+def test_base_has_the_original_design_numbers():
+    args = _parse(CONFIG_DIR / "base.yaml")
+    model_args, data_args, gps, run_args, t = args.model, args.data, args.gps, args.run, args.training
     assert model_args.backbone == DINOV3_VITH16PLUS_ID == "facebook/dinov3-vith16plus-pretrain-lvd1689m"
     assert model_args.backbone_config is None and model_args.model_name_or_path is None
     assert _overrides(model_args) == {"hidden_dropout": 0.10, "attention_dropout": 0.10}
 
     assert data_args.dataset == "natix-network-org/roadwork"
     assert (data_args.train_split, data_args.test_split) == ("train", "test")
-    assert data_args.augmentation == "heavy"
-    assert gps_args.gps_weighting is True and gps_args.allow_weak_gps_weighting is False
-    assert gps_args.gps_clusters == 5
-    assert gps_args.gps_bracket_edges_km == [50.0, 200.0, 500.0]
-    assert gps_args.gps_bracket_weights == [5.0, 2.5, 1.0, 0.3]
+    assert args.augmentation.strength == "heavy"
+    assert run_args.gps_weighting is True and run_args.allow_weak_gps_weighting is False
+    assert gps.num_clusters == 5
+    assert gps.bracket_edges_km == [50.0, 200.0, 500.0]
+    assert gps.bracket_weights == [5.0, 2.5, 1.0, 0.3]
 
     assert t.learning_rate == 3e-4
     assert t.num_train_epochs == 30
@@ -162,7 +168,7 @@ def test_base_has_the_plan_numbers():
     assert t.torch_compile is True and t.torch_compile_mode == "max-autotune"
     assert t.eval_strategy == "epoch" and t.save_strategy == "epoch"
     assert t.load_best_model_at_end is True
-    assert t.metric_for_best_model == "mcc" and t.greater_is_better is True
+    assert t.metric_for_best_model == "serving_mcc" and t.greater_is_better is True
     assert run_args.early_stopping_patience == 5
     assert t.dataloader_num_workers > 0
     assert t.report_to in ([], "none", ["none"])
@@ -171,9 +177,8 @@ def test_base_has_the_plan_numbers():
     assert not _yaml(CONFIG_DIR / "base.yaml").get("use_cpu"), "base.yaml is a GPU recipe"
 
 
-def test_base_model_config_is_the_plan_architecture():
-    model_args, *_ = _parse(CONFIG_DIR / "base.yaml")
-    config = RoadworkConfig(**_overrides(model_args))
+def test_base_model_config_is_the_original_architecture():
+    config = RoadworkConfig(**_overrides(_parse(CONFIG_DIR / "base.yaml").model))
     assert (config.num_views, config.view_size, config.use_view_pruning, config.num_kept_views) == (12, 512, True, 8)
     assert (config.hidden_size, config.num_attention_layers, config.num_attention_heads) == (512, 4, 8)
     assert (config.hidden_dropout, config.attention_dropout) == (0.10, 0.10)
@@ -183,16 +188,17 @@ def test_base_model_config_is_the_plan_architecture():
 
 
 @pytest.mark.parametrize("name", ENSEMBLE)
-def test_member_has_its_plan_numbers(name):
+def test_member_has_its_numbers(name):
     spec = ENSEMBLE[name]
-    model_args, data_args, gps_args, run_args, t = _parse(_ensemble_path(name))
+    args = _parse(_ensemble_path(name))
+    model_args, t = args.model, args.training
     assert t.seed == spec["seed"]
     assert t.learning_rate == spec["lr"]
-    assert gps_args.gps_bracket_weights[0] == spec["gps"]
-    assert gps_args.gps_bracket_weights[1:] == [2.5, 1.0, 0.3]
+    assert args.gps.bracket_weights[0] == spec["gps"]
+    assert args.gps.bracket_weights[1:] == [2.5, 1.0, 0.3]
     assert t.output_dir == f"outputs/ensemble/{name}"
-    assert data_args.augmentation == "heavy"
-    assert data_args.augmentation_scale == spec.get("augmentation_scale", 1.0)
+    assert args.augmentation.strength == "heavy"
+    assert args.augmentation.scale == spec.get("augmentation_scale", 1.0)
     assert model_args.backbone == spec.get("backbone", DINOV3_VITH16PLUS_ID)
     assert model_args.backbone_config is None
     overrides = _overrides(model_args)
@@ -201,13 +207,14 @@ def test_member_has_its_plan_numbers(name):
 
 
 @pytest.mark.parametrize("name", ENSEMBLE)
-def test_member_differs_from_base_only_where_the_plan_says(name):
+def test_member_differs_from_base_only_where_intended(name):
     base, member = _yaml(CONFIG_DIR / "base.yaml"), _yaml(_ensemble_path(name))
     assert set(member) == set(base), f"keys differ: {sorted(set(member) ^ set(base))}"
     changed = {key for key in base if base[key] != member[key]}
     assert changed <= MEMBER_KEYS, f"{name} also changes {sorted(changed - MEMBER_KEYS)}"
     # Parsed training arguments too (catches a flag that differs only after defaults are applied).
-    base_t, member_t = _parse(CONFIG_DIR / "base.yaml")[-1].to_dict(), _parse(_ensemble_path(name))[-1].to_dict()
+    base_t = _parse(CONFIG_DIR / "base.yaml").training.to_dict()
+    member_t = _parse(_ensemble_path(name)).training.to_dict()
     differing = {k for k in base_t if base_t[k] != member_t[k]}
     assert differing <= {"seed", "learning_rate", "output_dir", "logging_dir"}, sorted(differing)
 
@@ -215,8 +222,8 @@ def test_member_differs_from_base_only_where_the_plan_says(name):
 @pytest.mark.parametrize("name", [n for n in ENSEMBLE if n != BASELINE])
 def test_member_model_config_differs_from_the_baseline_as_intended(name):
     spec = ENSEMBLE[name]
-    baseline = RoadworkConfig(**_overrides(_parse(_ensemble_path(BASELINE))[0]))
-    member = RoadworkConfig(**_overrides(_parse(_ensemble_path(name))[0]))  # validates
+    baseline = RoadworkConfig(**_overrides(_parse(_ensemble_path(BASELINE)).model))
+    member = RoadworkConfig(**_overrides(_parse(_ensemble_path(name)).model))  # validates
     if "backbone" in spec:
         # The ConvNeXt member's backbone comes from the Hub id (not downloaded here); its head is the baseline's.
         assert spec["backbone"] == "timm/convnextv2_base.fcmae_ft_in22k_in1k"
@@ -277,7 +284,7 @@ def test_tiny_variant_trains_on_view_features(name):
         assert p.grad is None or torch.isfinite(p.grad).all(), n
     grads = {n: p.grad for n, p in head}
     for n in (
-        "classifier.0.weight", "roadwork.input_projection.weight", "roadwork.attention_layers.0.qkv_proj.weight",
+        "classifier.fc1.weight", "roadwork.input_projection.weight", "roadwork.attention_layers.0.qkv_proj.weight",
         f"roadwork.attention_layers.{config.num_attention_layers - 1}.gate_proj.weight",
     ):  # fmt: skip
         assert grads[n] is not None and grads[n].abs().sum() > 0, n
@@ -301,9 +308,9 @@ def test_tiny_variant_trains_on_view_features(name):
 def test_base_include_merges_mappings_and_detects_cycles(tmp_path):
     (tmp_path / "parent.yaml").write_text("seed: 1\nlearning_rate: 0.1\nmodel_overrides:\n  hidden_size: 64\n  num_attention_heads: 4\n")
     (tmp_path / "child.yaml").write_text("base: parent.yaml\nseed: 2\nmodel_overrides:\n  num_attention_heads: 8\n")
-    merged = train.load_config_file(str(tmp_path / "child.yaml"))
+    merged = load_config_file(str(tmp_path / "child.yaml"))
     assert merged == {"seed": 2, "learning_rate": 0.1, "model_overrides": {"hidden_size": 64, "num_attention_heads": 8}}
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(SystemExit, match="cycle"):
-        train.load_config_file(str(tmp_path / "a.yaml"))
+        load_config_file(str(tmp_path / "a.yaml"))

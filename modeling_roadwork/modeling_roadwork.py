@@ -17,10 +17,11 @@ from .attention_roadwork import RoadworkGatedAttentionLayer, RoadworkViewFusion
 from .configuration_roadwork import RoadworkConfig
 from .layers_roadwork import (
     RoadworkMetadataEncoder,
+    RoadworkMlp,
+    RoadworkProjection,
     RoadworkPyramid,
     RoadworkSegmentationDecoder,
     RoadworkViewPruning,
-    classifier_head,
 )
 from .losses_roadwork import dice_loss, focal_loss, view_consistency_loss
 from .text_encoding_roadwork import RoadworkTextEmbedder
@@ -321,15 +322,23 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
         C = config.hidden_size
         self.roadwork = RoadworkModel(config)
         self.metadata_encoder = RoadworkMetadataEncoder(config) if config.use_metadata else None
-        self.fusion = nn.Sequential(
-            nn.Linear(C + config.metadata_dim, config.fusion_hidden_size), nn.GELU(), nn.Dropout(config.hidden_dropout)
+        self.fusion = RoadworkProjection(
+            in_features=C + config.metadata_dim, out_features=config.fusion_hidden_size, dropout=config.hidden_dropout
         )
-        self.classifier = classifier_head(
-            config.fusion_hidden_size, config.classifier_hidden_size, config.num_labels, config.hidden_dropout
+        self.classifier = RoadworkMlp(
+            in_features=config.fusion_hidden_size,
+            hidden_features=config.classifier_hidden_size,
+            out_features=config.num_labels,
+            dropout=config.hidden_dropout,
         )
         self.view_classifier = nn.Linear(C, config.num_labels) if config.use_view_consistency else None
         self.weather_classifier = (
-            classifier_head(C, config.classifier_hidden_size, len(config.weather_vocab), config.hidden_dropout)
+            RoadworkMlp(
+                in_features=C,
+                hidden_features=config.classifier_hidden_size,
+                out_features=len(config.weather_vocab),
+                dropout=config.hidden_dropout,
+            )
             if config.use_weather_head
             else None
         )

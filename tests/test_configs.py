@@ -277,7 +277,7 @@ def test_tiny_variant_trains_on_view_features(name):
         assert p.grad is None or torch.isfinite(p.grad).all(), n
     grads = {n: p.grad for n, p in head}
     for n in (
-        "classifier.0.weight", "roadwork.input_projection.weight", "roadwork.attention_layers.0.qkv_proj.weight",
+        "classifier.fc1.weight", "roadwork.input_projection.weight", "roadwork.attention_layers.0.qkv_proj.weight",
         f"roadwork.attention_layers.{config.num_attention_layers - 1}.gate_proj.weight",
     ):  # fmt: skip
         assert grads[n] is not None and grads[n].abs().sum() > 0, n

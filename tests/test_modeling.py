@@ -173,9 +173,9 @@ def test_gradients_reach_null_embeddings_gates_and_head_but_not_backbone():
     for table in (encoder.weather_embeddings, encoder.daytime_embeddings, encoder.scene_embeddings):
         assert table.weight.grad[0].abs().sum() > 0, "the NULL row trains"
     fusion = model.roadwork.view_fusion
-    assert fusion.importance_gate[0].weight.grad.abs().sum() > 0
+    assert fusion.importance_gate.fc1.weight.grad.abs().sum() > 0
     assert model.roadwork.attention_layers[0].gate_proj.weight.grad.abs().sum() > 0
-    assert model.roadwork.view_pruning.scorer[0].weight.grad.abs().sum() > 0, "the view scorer trains"
+    assert model.roadwork.view_pruning.scorer.fc1.weight.grad.abs().sum() > 0, "the view scorer trains"
     for name, parameter in model.named_parameters():
         if name.startswith("roadwork.backbone."):
             assert not parameter.requires_grad and parameter.grad is None, name
@@ -272,6 +272,46 @@ def test_model_overfits_sixteen_examples():
     model.eval()
     with torch.no_grad():
         assert (model(**batch).logits.argmax(-1) == batch["labels"]).all()
+
+
+# ---------------------------------------------------------------------------------------------- state-dict names
+
+
+# Every parameter module outside the backbone of a tiny model with every component on (2 attention layers, 2 pyramid
+# levels, 2 decoder stages). These names are a public contract (checkpoints, PEFT `target_modules`, DoRA adapters).
+EXPECTED_HEAD_MODULES = {
+    "roadwork.view_pruning.scorer.fc1", "roadwork.view_pruning.scorer.fc2", "roadwork.input_projection",
+    "roadwork.view_embeddings", "roadwork.pyramid.levels.0.fc", "roadwork.pyramid.levels.1.fc", "roadwork.pyramid.fuse",
+    "roadwork.pyramid.layer_norm",
+    *(
+        f"roadwork.attention_layers.{i}.{name}"
+        for i in range(2)
+        for name in ("qkv_proj", "gate_proj", "out_proj", "layer_norm")
+    ),
+    "roadwork.view_fusion.importance_gate.fc1", "roadwork.view_fusion.importance_gate.fc2",
+    "roadwork.view_fusion.cross_view_attention.qkv_proj", "roadwork.view_fusion.cross_view_attention.out_proj",
+    "roadwork.view_fusion.cross_view_norm", "roadwork.view_fusion.refinement_attention.qkv_proj",
+    "roadwork.view_fusion.refinement_attention.out_proj", "roadwork.view_fusion.refinement_norm",
+    "metadata_encoder", "metadata_encoder.weather_embeddings", "metadata_encoder.daytime_embeddings",
+    "metadata_encoder.scene_embeddings", "metadata_encoder.text_projection",
+    "fusion.fc", "classifier.fc1", "classifier.fc2", "view_classifier", "weather_classifier.fc1",
+    "weather_classifier.fc2", "segmentation_decoder.project", "segmentation_decoder.stages.0.conv",
+    "segmentation_decoder.stages.1.conv", "segmentation_decoder.classify",
+}  # fmt: skip
+
+
+def test_state_dict_names_are_named_not_positional():
+    model = _model(seg_resolution=16)
+    keys = list(model.state_dict())
+    assert any(k.startswith("roadwork.backbone.") for k in keys)
+    head_keys = [k for k in keys if not k.startswith("roadwork.backbone.")]  # the backbone's names are its library's
+    assert {k.rsplit(".", 1)[0] for k in head_keys} == EXPECTED_HEAD_MODULES
+    for key in head_keys:
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if part.isdigit():
+                parent = model.get_submodule(".".join(parts[:i]))
+                assert isinstance(parent, torch.nn.ModuleList), f"{key}: positional index {part} under {type(parent)}"
 
 
 # ---------------------------------------------------------------------------------------------- save / load

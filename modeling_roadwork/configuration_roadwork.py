@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import DINOv3ViTConfig, PretrainedConfig, TimmWrapperConfig
 
+from .losses_roadwork import LOSS_COMPONENTS, LOSS_WEIGHT_FIELDS
+
 
 # facebook/dinov3-vith16plus-pretrain-lvd1689m (ViT-H+/16, 840M parameters). Gated on the Hub: accept the
 # DINOv3 licence and log in before `from_backbone` can download it.
@@ -281,7 +283,7 @@ class RoadworkConfig(PretrainedConfig):
             "keys_to_ignore_at_inference",
             [
                 "view_logits", "weather_logits", "seg_logits", "vision_embeds", "pooled_embeds",
-                "kept_view_indices", "view_scores", "focal_loss", "consistency_loss", "weather_loss", "seg_loss",
+                "kept_view_indices", "view_scores", *LOSS_COMPONENTS,
             ],
         )  # fmt: skip
         auto_map = dict(_AUTO_MAP)
@@ -344,7 +346,7 @@ class RoadworkConfig(PretrainedConfig):
             fail("focal_alpha", "must be in [0, 1]")
         if self.focal_gamma < 0:
             fail("focal_gamma", "must be >= 0")
-        for name in ("focal_loss_weight", "consistency_loss_weight", "weather_loss_weight", "seg_loss_weight"):
+        for name in LOSS_WEIGHT_FIELDS.values():
             if getattr(self, name) < 0:
                 fail(name, "loss weights must be >= 0")
         if self.consistency_target not in ("views_mean", "final"):

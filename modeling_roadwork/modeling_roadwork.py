@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
@@ -23,7 +22,7 @@ from .layers_roadwork import (
     RoadworkSegmentationDecoder,
     RoadworkViewPruning,
 )
-from .losses_roadwork import dice_loss, focal_loss, view_consistency_loss
+from .losses_roadwork import LOSS_COMPONENTS, roadwork_loss
 from .text_encoding_roadwork import RoadworkTextEmbedder
 
 
@@ -96,7 +95,6 @@ class RoadworkImageClassifierOutput(ModelOutput):
     seg_loss: torch.FloatTensor | None = None
 
 
-LOSS_COMPONENTS = ("focal_loss", "consistency_loss", "weather_loss", "seg_loss")
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -316,6 +314,10 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
     ```
     """
 
+    # `PreTrainedModel.loss_function` returns `_loss_function`; assigning `model.loss_function = fn` swaps the loss
+    # for one instance (same signature as `roadwork_loss`).
+    _loss_function = staticmethod(roadwork_loss)
+
     def __init__(self, config: RoadworkConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -410,39 +412,12 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
         weather_logits = self.weather_classifier(vision_embeds) if self.weather_classifier is not None else None
         seg_logits = self.segmentation_decoder(vision_embeds) if self.segmentation_decoder is not None else None
 
-        components = dict.fromkeys(LOSS_COMPONENTS)
-        loss = None
+        loss, components = None, dict.fromkeys(LOSS_COMPONENTS)
         if labels is not None:
-            labels = labels.to(logits.device).long().view(B)
-            if config.focal_loss_weight > 0:
-                components["focal_loss"] = focal_loss(
-                    logits, labels, gamma=config.focal_gamma, alpha=config.focal_alpha,
-                    label_smoothing=config.label_smoothing,
-                )  # fmt: skip
-            if view_logits is not None and config.consistency_loss_weight > 0:
-                target = logits.detach().float().softmax(-1) if config.consistency_target == "final" else None
-                components["consistency_loss"] = view_consistency_loss(view_logits, target)
-            if weather_logits is not None and weather_labels is not None and config.weather_loss_weight > 0:
-                weather_labels = weather_labels.to(logits.device).long().view(B)
-                known = (weather_labels >= 0) & (weather_labels < weather_logits.shape[-1])
-                if known.any():
-                    components["weather_loss"] = F.cross_entropy(weather_logits[known].float(), weather_labels[known])
-            if seg_logits is not None and seg_masks is not None and config.seg_loss_weight > 0:
-                valid = (
-                    seg_mask_valid.to(seg_logits.device).bool().view(B)
-                    if seg_mask_valid is not None
-                    else torch.ones(B, dtype=torch.bool, device=seg_logits.device)
-                )
-                if valid.any():
-                    components["seg_loss"] = dice_loss(seg_logits[valid], seg_masks.to(seg_logits.device)[valid])
-            weights = {
-                "focal_loss": config.focal_loss_weight,
-                "consistency_loss": config.consistency_loss_weight,
-                "weather_loss": config.weather_loss_weight,
-                "seg_loss": config.seg_loss_weight,
-            }
-            present = [weights[name] * value for name, value in components.items() if value is not None]
-            loss = torch.stack(present).sum() if present else logits.sum() * 0.0
+            loss, components = self.loss_function(
+                config, logits=logits, labels=labels, view_logits=view_logits, weather_logits=weather_logits,
+                weather_labels=weather_labels, seg_logits=seg_logits, seg_masks=seg_masks, seg_mask_valid=seg_mask_valid,
+            )  # fmt: skip
 
         return RoadworkImageClassifierOutput(
             loss=loss,
@@ -466,5 +441,4 @@ __all__ = [
     "RoadworkForImageClassification",
     "RoadworkModelOutput",
     "RoadworkImageClassifierOutput",
-    "LOSS_COMPONENTS",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import DINOv3ViTConfig, PretrainedConfig, TimmWrapperConfig
 
 from .losses_roadwork import LOSS_COMPONENTS, LOSS_WEIGHT_FIELDS
+from .text_encoding_roadwork import MINILM_ID
 
 
 # facebook/dinov3-vith16plus-pretrain-lvd1689m (ViT-H+/16, 840M parameters). Gated on the Hub: accept the
@@ -66,7 +67,7 @@ class RoadworkConfig(PretrainedConfig):
     Configuration of [`RoadworkModel`] and [`RoadworkForImageClassification`]: a frozen backbone over several views
     of a street photo, view pruning, a gated-attention stack, gated view fusion, a NULL-safe metadata encoder, a
     classifier and auxiliary heads trained with a four-part loss. Every component can be switched off, so an ablation
-    is a config change. The defaults are the original plan's numbers.
+    is a config change. The defaults are the architecture drawn in the README's "The model" section.
 
     Args:
         backbone_config (`DINOv3ViTConfig` or `TimmWrapperConfig` or `dict`, *optional*):
@@ -141,7 +142,7 @@ class RoadworkConfig(PretrainedConfig):
         use_view_consistency (`bool`, *optional*, defaults to `True`):
             Per-view classifier and the view-consistency KL loss.
         consistency_target (`str`, *optional*, defaults to `"views_mean"`):
-            `"views_mean"`: KL(p_view || mean of view predictions), as in the plan. `"final"`: KL(p_view || the final
+            `"views_mean"`: KL(p_view || mean of view predictions), the default. `"final"`: KL(p_view || the final
             prediction, detached), which also teaches each view head to predict roadwork.
         use_weather_head (`bool`, *optional*, defaults to `True`):
             Weather classifier on the vision vector (auxiliary loss on rows with a known weather).
@@ -165,7 +166,7 @@ class RoadworkConfig(PretrainedConfig):
     ```python
     >>> from modeling_roadwork import RoadworkConfig, RoadworkForImageClassification
 
-    >>> # The plan's architecture around DINOv3 ViT-H+/16 (random weights; see `from_backbone` for pretrained ones)
+    >>> # The default architecture around DINOv3 ViT-H+/16 (random weights; see `from_backbone` for pretrained ones)
     >>> configuration = RoadworkConfig()
     >>> configuration.num_kept_views, configuration.hidden_size
     (8, 512)
@@ -204,7 +205,7 @@ class RoadworkConfig(PretrainedConfig):
         daytime_vocab: list[str] | None = None,
         scene_vocab: list[str] | None = None,
         use_text: bool = True,
-        text_encoder_name: str = "sentence-transformers/all-MiniLM-L6-v2",
+        text_encoder_name: str = MINILM_ID,
         text_embed_dim: int = 384,
         text_projection_dim: int = 384,
         fusion_hidden_size: int = 512,

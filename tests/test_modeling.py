@@ -23,7 +23,7 @@ def _model(**overrides) -> RoadworkForImageClassification:
 # ---------------------------------------------------------------------------------------------- config
 
 
-def test_config_defaults_are_the_plan():
+def test_config_defaults_are_the_readme_architecture():
     config = RoadworkConfig()
     assert config.backbone_config.model_type == "dinov3_vit"
     assert (config.backbone_config.hidden_size, config.backbone_config.num_hidden_layers) == (1280, 32)

@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from roadwork_testing import BLOCK_PROJECT_IMPORTS, VIEW_SIZE, metadata_inputs, pixel_inputs, tiny_config, tiny_dinov3_config, tiny_timm_config
 from transformers import DINOv3ViTModel
 
-from modeling_roadwork import LOSS_COMPONENTS, RoadworkConfig, RoadworkForImageClassification, RoadworkModel
+import modeling_roadwork
+from modeling_roadwork import (
+    LOSS_COMPONENTS,
+    RoadworkConfig,
+    RoadworkForImageClassification,
+    RoadworkImageProcessor,
+    RoadworkModel,
+)
 from modeling_roadwork.layers_roadwork import RoadworkMetadataEncoder
 
 
@@ -334,6 +342,18 @@ def test_save_and_load_round_trip_is_identical_and_backbone_stays_frozen(tmp_pat
         torch.testing.assert_close(loaded(pixel_values=pixels, **meta).logits, expected, rtol=0, atol=0)
     assert not any(p.requires_grad for p in loaded.roadwork.backbone.parameters())
     assert all(p.requires_grad for n, p in loaded.named_parameters() if not n.startswith("roadwork.backbone."))
+
+
+def test_checkpoint_ships_every_module_of_the_package(tmp_path):
+    """What ships, ships: a checkpoint (model + image processor, as training saves it) holds every module of
+    modeling_roadwork/, so nothing lives there that a Hub checkpoint loaded with trust_remote_code lacks."""
+    package = Path(modeling_roadwork.__file__).parent
+    modules = {path.name for path in package.glob("*.py") if path.name != "__init__.py"}
+    assert {"modeling_roadwork.py", "configuration_roadwork.py", "image_processing_roadwork.py"} <= modules
+    _model().save_pretrained(tmp_path)
+    RoadworkImageProcessor(view_size=VIEW_SIZE).save_pretrained(tmp_path)
+    shipped = {path.name for path in tmp_path.glob("*.py")}
+    assert modules - shipped == set(), "modules of modeling_roadwork/ that no checkpoint ships"
 
 
 def test_remote_code_loads_in_a_fresh_process(tmp_path, fresh_python):

@@ -1,8 +1,8 @@
 """roadwork: a multi-view roadwork classifier for transformers (config, model, layers, losses, processor)."""
 
 from .configuration_roadwork import CONVNEXTV2_BASE_ID, DINOV3_VITH16PLUS_ID, RoadworkConfig
+from .losses_roadwork import LOSS_COMPONENTS, loss_weights, roadwork_loss
 from .modeling_roadwork import (
-    LOSS_COMPONENTS,
     RoadworkForImageClassification,
     RoadworkImageClassifierOutput,
     RoadworkModel,
@@ -24,4 +24,6 @@ __all__ = [
     "RoadworkModelOutput",
     "RoadworkPreTrainedModel",
     "RoadworkTextEmbedder",
+    "loss_weights",
+    "roadwork_loss",
 ]

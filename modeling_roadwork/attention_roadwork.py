@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers_roadwork import RoadworkMlp
+
 
 class RoadworkAttention(nn.Module):
     """
@@ -63,9 +65,7 @@ class RoadworkViewFusion(nn.Module):
 
     def __init__(self, *, hidden_size: int, num_heads: int, gate_hidden_size: int, dropout: float):
         super().__init__()
-        self.importance_gate = nn.Sequential(
-            nn.Linear(hidden_size, gate_hidden_size), nn.GELU(), nn.Linear(gate_hidden_size, 1)
-        )
+        self.importance_gate = RoadworkMlp(in_features=hidden_size, hidden_features=gate_hidden_size, out_features=1)
         self.cross_view_attention = RoadworkAttention(hidden_size=hidden_size, num_heads=num_heads, dropout=dropout)
         self.cross_view_norm = nn.LayerNorm(hidden_size)
         self.refinement_attention = RoadworkAttention(hidden_size=hidden_size, num_heads=num_heads, dropout=dropout)

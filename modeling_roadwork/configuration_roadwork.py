@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from transformers import DINOv3ViTConfig, PretrainedConfig, TimmWrapperConfig
 
+from .losses_roadwork import LOSS_COMPONENTS, LOSS_WEIGHT_FIELDS
+from .text_encoding_roadwork import MINILM_ID
+
 
 # facebook/dinov3-vith16plus-pretrain-lvd1689m (ViT-H+/16, 840M parameters). Gated on the Hub: accept the
 # DINOv3 licence and log in before `from_backbone` can download it.
@@ -64,7 +67,7 @@ class RoadworkConfig(PretrainedConfig):
     Configuration of [`RoadworkModel`] and [`RoadworkForImageClassification`]: a frozen backbone over several views
     of a street photo, view pruning, a gated-attention stack, gated view fusion, a NULL-safe metadata encoder, a
     classifier and auxiliary heads trained with a four-part loss. Every component can be switched off, so an ablation
-    is a config change. The defaults are the original plan's numbers.
+    is a config change. The defaults are the architecture drawn in the README's "The model" section.
 
     Args:
         backbone_config (`DINOv3ViTConfig` or `TimmWrapperConfig` or `dict`, *optional*):
@@ -139,7 +142,7 @@ class RoadworkConfig(PretrainedConfig):
         use_view_consistency (`bool`, *optional*, defaults to `True`):
             Per-view classifier and the view-consistency KL loss.
         consistency_target (`str`, *optional*, defaults to `"views_mean"`):
-            `"views_mean"`: KL(p_view || mean of view predictions), as in the plan. `"final"`: KL(p_view || the final
+            `"views_mean"`: KL(p_view || mean of view predictions), the default. `"final"`: KL(p_view || the final
             prediction, detached), which also teaches each view head to predict roadwork.
         use_weather_head (`bool`, *optional*, defaults to `True`):
             Weather classifier on the vision vector (auxiliary loss on rows with a known weather).
@@ -163,7 +166,7 @@ class RoadworkConfig(PretrainedConfig):
     ```python
     >>> from modeling_roadwork import RoadworkConfig, RoadworkForImageClassification
 
-    >>> # The plan's architecture around DINOv3 ViT-H+/16 (random weights; see `from_backbone` for pretrained ones)
+    >>> # The default architecture around DINOv3 ViT-H+/16 (random weights; see `from_backbone` for pretrained ones)
     >>> configuration = RoadworkConfig()
     >>> configuration.num_kept_views, configuration.hidden_size
     (8, 512)
@@ -202,7 +205,7 @@ class RoadworkConfig(PretrainedConfig):
         daytime_vocab: list[str] | None = None,
         scene_vocab: list[str] | None = None,
         use_text: bool = True,
-        text_encoder_name: str = "sentence-transformers/all-MiniLM-L6-v2",
+        text_encoder_name: str = MINILM_ID,
         text_embed_dim: int = 384,
         text_projection_dim: int = 384,
         fusion_hidden_size: int = 512,
@@ -281,7 +284,7 @@ class RoadworkConfig(PretrainedConfig):
             "keys_to_ignore_at_inference",
             [
                 "view_logits", "weather_logits", "seg_logits", "vision_embeds", "pooled_embeds",
-                "kept_view_indices", "view_scores", "focal_loss", "consistency_loss", "weather_loss", "seg_loss",
+                "kept_view_indices", "view_scores", *LOSS_COMPONENTS,
             ],
         )  # fmt: skip
         auto_map = dict(_AUTO_MAP)
@@ -344,7 +347,7 @@ class RoadworkConfig(PretrainedConfig):
             fail("focal_alpha", "must be in [0, 1]")
         if self.focal_gamma < 0:
             fail("focal_gamma", "must be >= 0")
-        for name in ("focal_loss_weight", "consistency_loss_weight", "weather_loss_weight", "seg_loss_weight"):
+        for name in LOSS_WEIGHT_FIELDS.values():
             if getattr(self, name) < 0:
                 fail(name, "loss weights must be >= 0")
         if self.consistency_target not in ("views_mean", "final"):

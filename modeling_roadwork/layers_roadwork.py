@@ -1,4 +1,4 @@
-"""Layers of the roadwork head other than attention: view pruning, the pyramid, the metadata encoder, decoders."""
+"""Layers of the roadwork head other than attention: MLPs, view pruning, the pyramid, the metadata encoder, decoders."""
 
 from __future__ import annotations
 
@@ -6,6 +6,42 @@ import math
 
 import torch
 from torch import nn
+
+
+class RoadworkMlp(nn.Module):
+    """
+    Two-layer MLP `fc1 -> act -> drop -> fc2`, after timm's `Mlp`. Its submodules are named (not positional like
+    `nn.Sequential`'s), so state-dict keys (`classifier.fc1.weight`) and PEFT `target_modules` stay stable when a
+    layer is added: never rename them.
+    """
+
+    def __init__(self, *, in_features: int, hidden_features: int, out_features: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)"""
+        return self.fc2(self.drop(self.act(self.fc1(hidden_states))))
+
+
+class RoadworkProjection(nn.Module):
+    """
+    One named projection `fc -> act -> drop` (the vision + metadata fusion layer, the pyramid levels). Submodule names
+    are state-dict keys (`fusion.fc.weight`): never rename them.
+    """
+
+    def __init__(self, *, in_features: int, out_features: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)"""
+        return self.drop(self.act(self.fc(hidden_states)))
 
 
 class RoadworkViewPruning(nn.Module):
@@ -17,10 +53,8 @@ class RoadworkViewPruning(nn.Module):
     def __init__(self, *, feature_size: int, reduction: int, num_kept: int):
         super().__init__()
         self.num_kept = num_kept
-        self.scorer = nn.Sequential(
-            nn.Linear(feature_size, max(feature_size // reduction, 1)),
-            nn.GELU(),
-            nn.Linear(max(feature_size // reduction, 1), 1),
+        self.scorer = RoadworkMlp(
+            in_features=feature_size, hidden_features=max(feature_size // reduction, 1), out_features=1
         )
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -43,7 +77,7 @@ class RoadworkPyramid(nn.Module):
 
     def __init__(self, *, hidden_size: int, level_sizes: list[int], dropout: float):
         super().__init__()
-        self.levels = nn.ModuleList(nn.Sequential(nn.Linear(hidden_size, s), nn.GELU()) for s in level_sizes)
+        self.levels = nn.ModuleList(RoadworkProjection(in_features=hidden_size, out_features=s) for s in level_sizes)
         self.fuse = nn.Linear(hidden_size + sum(level_sizes), hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.layer_norm = nn.LayerNorm(hidden_size)
@@ -129,10 +163,25 @@ class RoadworkMetadataEncoder(nn.Module):
         return torch.cat([p.to(parts[0].dtype) for p in parts], dim=-1)
 
 
+class RoadworkDecoderStage(nn.Module):
+    """One stage of the segmentation decoder: bilinear upsampling x2 (no parameters), `conv` 3x3, `act` GELU."""
+
+    def __init__(self, *, channels: int):
+        super().__init__()
+        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear")
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = nn.GELU()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, 2H, 2W)"""
+        return self.act(self.conv(self.upsample(hidden_states)))
+
+
 class RoadworkSegmentationDecoder(nn.Module):
     """
     Decodes the fused vision vector into low-resolution mask logits of the roadwork object classes: a linear map to
-    a 4x4 seed, then (upsample x2, 3x3 conv, GELU) stages up to `resolution`, then a 1x1 conv per class.
+    a 4x4 seed, then [`RoadworkDecoderStage`]s (upsample x2, 3x3 conv, GELU) up to `resolution`, then a 1x1 conv per
+    class.
     """
 
     def __init__(self, *, hidden_size: int, num_classes: int, resolution: int, channels: int = 64):
@@ -142,33 +191,28 @@ class RoadworkSegmentationDecoder(nn.Module):
             seed_size //= 2
         self.seed_size, self.channels = seed_size, channels
         self.project = nn.Linear(hidden_size, channels * seed_size * seed_size)
-        stages = []
-        size = seed_size
-        while size < resolution:
-            stages += [nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(channels, channels, 3, padding=1), nn.GELU()]
-            size *= 2
-        self.upsample = nn.Sequential(*stages)
+        num_stages = 0
+        while seed_size * 2**num_stages < resolution:
+            num_stages += 1
+        self.stages = nn.ModuleList(RoadworkDecoderStage(channels=channels) for _ in range(num_stages))
         self.classify = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, vision_embeds: torch.Tensor) -> torch.Tensor:
         """(B, C) -> mask logits (B, K, R, R)"""
         B = vision_embeds.shape[0]
-        seed = self.project(vision_embeds).view(B, self.channels, self.seed_size, self.seed_size)
-        return self.classify(self.upsample(seed))
-
-
-def classifier_head(in_size: int, hidden_size: int, num_outputs: int, dropout: float) -> nn.Sequential:
-    """`Linear(in, hidden) -> GELU -> Dropout -> Linear(hidden, out)`: the classifier and the weather head."""
-    return nn.Sequential(
-        nn.Linear(in_size, hidden_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_size, num_outputs)
-    )
+        hidden = self.project(vision_embeds).view(B, self.channels, self.seed_size, self.seed_size)  # (B, C', s, s)
+        for stage in self.stages:
+            hidden = stage(hidden)  # (B, C', R, R) after the last stage
+        return self.classify(hidden)
 
 
 __all__ = [
+    "RoadworkMlp",
+    "RoadworkProjection",
     "RoadworkViewPruning",
     "RoadworkPyramid",
     "RoadworkMetadataEncoder",
+    "RoadworkDecoderStage",
     "RoadworkSegmentationDecoder",
-    "classifier_head",
     "gps_sinusoidal_encoding",
 ]

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers import PretrainedConfig
+
+# The loss components, in the order they are logged. Each is an output field of `RoadworkImageClassifierOutput`
+# and has a weight in the config field `LOSS_WEIGHT_FIELDS[name]` (`focal_loss` -> `focal_loss_weight`).
+LOSS_COMPONENTS = ("focal_loss", "consistency_loss", "weather_loss", "seg_loss")
+LOSS_WEIGHT_FIELDS = {name: f"{name}_weight" for name in LOSS_COMPONENTS}
 
 
 def focal_loss(
@@ -24,7 +30,7 @@ def focal_loss(
 def view_consistency_loss(view_logits: torch.Tensor, target_probs: torch.Tensor | None = None) -> torch.Tensor:
     """
     `sum_i KL(p_i || p_target)` over views, averaged over the batch. `p_target` defaults to the mean of the view
-    predictions (the plan's formula); pass the detached final prediction to distil it into every view instead.
+    predictions (`consistency_target="views_mean"`); pass the detached final prediction to distil it into every view instead.
     view_logits (B, N, L), target_probs (B, L) or None -> scalar
     """
     log_p = view_logits.float().log_softmax(dim=-1)  # (B, N, L)
@@ -48,4 +54,82 @@ def dice_loss(mask_logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) 
     return (1.0 - (2.0 * intersection + eps) / (total + eps)).mean()
 
 
-__all__ = ["focal_loss", "view_consistency_loss", "dice_loss"]
+def loss_weights(config: PretrainedConfig) -> dict[str, float]:
+    """The weight of every loss component, read from its config field (`LOSS_WEIGHT_FIELDS`)."""
+    return {name: getattr(config, field) for name, field in LOSS_WEIGHT_FIELDS.items()}
+
+
+def roadwork_loss(
+    config: PretrainedConfig,
+    *,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    view_logits: torch.Tensor | None = None,
+    weather_logits: torch.Tensor | None = None,
+    weather_labels: torch.Tensor | None = None,
+    seg_logits: torch.Tensor | None = None,
+    seg_masks: torch.Tensor | None = None,
+    seg_mask_valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """
+    The weighted four-part loss of [`RoadworkForImageClassification`] and its unweighted components.
+
+    A component is computed only if its weight in `config` is > 0 and its inputs are there: `view_logits` for the
+    consistency loss, `weather_logits` and rows of `weather_labels` inside the weather vocabulary for the weather loss,
+    `seg_logits` and rows of `seg_masks` marked valid for the Dice loss. A skipped component is `None`, never zero or
+    NaN; the total is the weighted sum of the computed ones (a zero that keeps the graph if none was).
+
+    Args:
+        config ([`RoadworkConfig`]): weights (`focal_loss_weight`, ...), `focal_gamma`, `focal_alpha`,
+            `label_smoothing` and `consistency_target`.
+        logits (`torch.FloatTensor` of shape `(B, num_labels)`), labels (`torch.LongTensor` of shape `(B,)`).
+        view_logits (`torch.FloatTensor` of shape `(B, num_kept, num_labels)`, *optional*).
+        weather_logits (`torch.FloatTensor` of shape `(B, len(weather_vocab))`, *optional*),
+            weather_labels (`torch.LongTensor` of shape `(B,)`, *optional*): -100 (or any id outside the vocabulary)
+            where unknown.
+        seg_logits (`torch.FloatTensor` of shape `(B, K, R, R)`, *optional*), seg_masks (`torch.FloatTensor` of shape
+            `(B, K, H, W)`, *optional*), seg_mask_valid (`torch.BoolTensor` of shape `(B,)`, *optional*): all rows are
+            valid when it is not given.
+
+    Returns:
+        `(total, components)`: total of shape `()`; components maps every name in `LOSS_COMPONENTS` to a scalar or
+        `None`.
+    """
+    B = logits.shape[0]
+    weights = loss_weights(config)
+    components: dict[str, torch.Tensor | None] = dict.fromkeys(LOSS_COMPONENTS)
+    labels = labels.to(logits.device).long().view(B)
+    if weights["focal_loss"] > 0:
+        components["focal_loss"] = focal_loss(
+            logits, labels, gamma=config.focal_gamma, alpha=config.focal_alpha, label_smoothing=config.label_smoothing
+        )
+    if view_logits is not None and weights["consistency_loss"] > 0:
+        target = logits.detach().float().softmax(-1) if config.consistency_target == "final" else None
+        components["consistency_loss"] = view_consistency_loss(view_logits, target)
+    if weather_logits is not None and weather_labels is not None and weights["weather_loss"] > 0:
+        weather_labels = weather_labels.to(logits.device).long().view(B)
+        known = (weather_labels >= 0) & (weather_labels < weather_logits.shape[-1])
+        if known.any():
+            components["weather_loss"] = F.cross_entropy(weather_logits[known].float(), weather_labels[known])
+    if seg_logits is not None and seg_masks is not None and weights["seg_loss"] > 0:
+        valid = (
+            seg_mask_valid.to(seg_logits.device).bool().view(B)
+            if seg_mask_valid is not None
+            else torch.ones(B, dtype=torch.bool, device=seg_logits.device)
+        )
+        if valid.any():
+            components["seg_loss"] = dice_loss(seg_logits[valid], seg_masks.to(seg_logits.device)[valid])
+    present = [weights[name] * value for name, value in components.items() if value is not None]
+    total = torch.stack(present).sum() if present else logits.sum() * 0.0
+    return total, components
+
+
+__all__ = [
+    "LOSS_COMPONENTS",
+    "LOSS_WEIGHT_FIELDS",
+    "focal_loss",
+    "view_consistency_loss",
+    "dice_loss",
+    "loss_weights",
+    "roadwork_loss",
+]

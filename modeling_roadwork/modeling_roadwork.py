@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
@@ -17,12 +16,13 @@ from .attention_roadwork import RoadworkGatedAttentionLayer, RoadworkViewFusion
 from .configuration_roadwork import RoadworkConfig
 from .layers_roadwork import (
     RoadworkMetadataEncoder,
+    RoadworkMlp,
+    RoadworkProjection,
     RoadworkPyramid,
     RoadworkSegmentationDecoder,
     RoadworkViewPruning,
-    classifier_head,
 )
-from .losses_roadwork import dice_loss, focal_loss, view_consistency_loss
+from .losses_roadwork import LOSS_COMPONENTS, roadwork_loss
 from .text_encoding_roadwork import RoadworkTextEmbedder
 
 
@@ -95,7 +95,6 @@ class RoadworkImageClassifierOutput(ModelOutput):
     seg_loss: torch.FloatTensor | None = None
 
 
-LOSS_COMPONENTS = ("focal_loss", "consistency_loss", "weather_loss", "seg_loss")
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -315,21 +314,33 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
     ```
     """
 
+    # `PreTrainedModel.loss_function` returns `_loss_function`; assigning `model.loss_function = fn` swaps the loss
+    # for one instance (same signature as `roadwork_loss`).
+    _loss_function = staticmethod(roadwork_loss)
+
     def __init__(self, config: RoadworkConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         C = config.hidden_size
         self.roadwork = RoadworkModel(config)
         self.metadata_encoder = RoadworkMetadataEncoder(config) if config.use_metadata else None
-        self.fusion = nn.Sequential(
-            nn.Linear(C + config.metadata_dim, config.fusion_hidden_size), nn.GELU(), nn.Dropout(config.hidden_dropout)
+        self.fusion = RoadworkProjection(
+            in_features=C + config.metadata_dim, out_features=config.fusion_hidden_size, dropout=config.hidden_dropout
         )
-        self.classifier = classifier_head(
-            config.fusion_hidden_size, config.classifier_hidden_size, config.num_labels, config.hidden_dropout
+        self.classifier = RoadworkMlp(
+            in_features=config.fusion_hidden_size,
+            hidden_features=config.classifier_hidden_size,
+            out_features=config.num_labels,
+            dropout=config.hidden_dropout,
         )
         self.view_classifier = nn.Linear(C, config.num_labels) if config.use_view_consistency else None
         self.weather_classifier = (
-            classifier_head(C, config.classifier_hidden_size, len(config.weather_vocab), config.hidden_dropout)
+            RoadworkMlp(
+                in_features=C,
+                hidden_features=config.classifier_hidden_size,
+                out_features=len(config.weather_vocab),
+                dropout=config.hidden_dropout,
+            )
             if config.use_weather_head
             else None
         )
@@ -401,39 +412,12 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
         weather_logits = self.weather_classifier(vision_embeds) if self.weather_classifier is not None else None
         seg_logits = self.segmentation_decoder(vision_embeds) if self.segmentation_decoder is not None else None
 
-        components = dict.fromkeys(LOSS_COMPONENTS)
-        loss = None
+        loss, components = None, dict.fromkeys(LOSS_COMPONENTS)
         if labels is not None:
-            labels = labels.to(logits.device).long().view(B)
-            if config.focal_loss_weight > 0:
-                components["focal_loss"] = focal_loss(
-                    logits, labels, gamma=config.focal_gamma, alpha=config.focal_alpha,
-                    label_smoothing=config.label_smoothing,
-                )  # fmt: skip
-            if view_logits is not None and config.consistency_loss_weight > 0:
-                target = logits.detach().float().softmax(-1) if config.consistency_target == "final" else None
-                components["consistency_loss"] = view_consistency_loss(view_logits, target)
-            if weather_logits is not None and weather_labels is not None and config.weather_loss_weight > 0:
-                weather_labels = weather_labels.to(logits.device).long().view(B)
-                known = (weather_labels >= 0) & (weather_labels < weather_logits.shape[-1])
-                if known.any():
-                    components["weather_loss"] = F.cross_entropy(weather_logits[known].float(), weather_labels[known])
-            if seg_logits is not None and seg_masks is not None and config.seg_loss_weight > 0:
-                valid = (
-                    seg_mask_valid.to(seg_logits.device).bool().view(B)
-                    if seg_mask_valid is not None
-                    else torch.ones(B, dtype=torch.bool, device=seg_logits.device)
-                )
-                if valid.any():
-                    components["seg_loss"] = dice_loss(seg_logits[valid], seg_masks.to(seg_logits.device)[valid])
-            weights = {
-                "focal_loss": config.focal_loss_weight,
-                "consistency_loss": config.consistency_loss_weight,
-                "weather_loss": config.weather_loss_weight,
-                "seg_loss": config.seg_loss_weight,
-            }
-            present = [weights[name] * value for name, value in components.items() if value is not None]
-            loss = torch.stack(present).sum() if present else logits.sum() * 0.0
+            loss, components = self.loss_function(
+                config, logits=logits, labels=labels, view_logits=view_logits, weather_logits=weather_logits,
+                weather_labels=weather_labels, seg_logits=seg_logits, seg_masks=seg_masks, seg_mask_valid=seg_mask_valid,
+            )  # fmt: skip
 
         return RoadworkImageClassifierOutput(
             loss=loss,
@@ -457,5 +441,4 @@ __all__ = [
     "RoadworkForImageClassification",
     "RoadworkModelOutput",
     "RoadworkImageClassifierOutput",
-    "LOSS_COMPONENTS",
 ]

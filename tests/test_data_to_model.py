@@ -40,4 +40,4 @@ def test_synthetic_rows_through_dataset_collator_and_model(tmp_path):
     if bool(batch.get("seg_mask_valid", torch.zeros(1)).any()):
         assert out.seg_loss is not None
     out.loss.backward()
-    assert model.classifier[0].weight.grad is not None
+    assert model.classifier.fc1.weight.grad is not None

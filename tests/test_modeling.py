@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from roadwork_testing import BLOCK_PROJECT_IMPORTS, VIEW_SIZE, metadata_inputs, pixel_inputs, tiny_config, tiny_dinov3_config, tiny_timm_config
 from transformers import DINOv3ViTModel
 
-from modeling_roadwork import LOSS_COMPONENTS, RoadworkConfig, RoadworkForImageClassification, RoadworkModel
+import modeling_roadwork
+from modeling_roadwork import (
+    LOSS_COMPONENTS,
+    RoadworkConfig,
+    RoadworkForImageClassification,
+    RoadworkImageProcessor,
+    RoadworkModel,
+)
 from modeling_roadwork.layers_roadwork import RoadworkMetadataEncoder
 
 
@@ -23,7 +31,7 @@ def _model(**overrides) -> RoadworkForImageClassification:
 # ---------------------------------------------------------------------------------------------- config
 
 
-def test_config_defaults_are_the_plan():
+def test_config_defaults_are_the_readme_architecture():
     config = RoadworkConfig()
     assert config.backbone_config.model_type == "dinov3_vit"
     assert (config.backbone_config.hidden_size, config.backbone_config.num_hidden_layers) == (1280, 32)
@@ -173,9 +181,9 @@ def test_gradients_reach_null_embeddings_gates_and_head_but_not_backbone():
     for table in (encoder.weather_embeddings, encoder.daytime_embeddings, encoder.scene_embeddings):
         assert table.weight.grad[0].abs().sum() > 0, "the NULL row trains"
     fusion = model.roadwork.view_fusion
-    assert fusion.importance_gate[0].weight.grad.abs().sum() > 0
+    assert fusion.importance_gate.fc1.weight.grad.abs().sum() > 0
     assert model.roadwork.attention_layers[0].gate_proj.weight.grad.abs().sum() > 0
-    assert model.roadwork.view_pruning.scorer[0].weight.grad.abs().sum() > 0, "the view scorer trains"
+    assert model.roadwork.view_pruning.scorer.fc1.weight.grad.abs().sum() > 0, "the view scorer trains"
     for name, parameter in model.named_parameters():
         if name.startswith("roadwork.backbone."):
             assert not parameter.requires_grad and parameter.grad is None, name
@@ -274,6 +282,46 @@ def test_model_overfits_sixteen_examples():
         assert (model(**batch).logits.argmax(-1) == batch["labels"]).all()
 
 
+# ---------------------------------------------------------------------------------------------- state-dict names
+
+
+# Every parameter module outside the backbone of a tiny model with every component on (2 attention layers, 2 pyramid
+# levels, 2 decoder stages). These names are a public contract (checkpoints, PEFT `target_modules`, DoRA adapters).
+EXPECTED_HEAD_MODULES = {
+    "roadwork.view_pruning.scorer.fc1", "roadwork.view_pruning.scorer.fc2", "roadwork.input_projection",
+    "roadwork.view_embeddings", "roadwork.pyramid.levels.0.fc", "roadwork.pyramid.levels.1.fc", "roadwork.pyramid.fuse",
+    "roadwork.pyramid.layer_norm",
+    *(
+        f"roadwork.attention_layers.{i}.{name}"
+        for i in range(2)
+        for name in ("qkv_proj", "gate_proj", "out_proj", "layer_norm")
+    ),
+    "roadwork.view_fusion.importance_gate.fc1", "roadwork.view_fusion.importance_gate.fc2",
+    "roadwork.view_fusion.cross_view_attention.qkv_proj", "roadwork.view_fusion.cross_view_attention.out_proj",
+    "roadwork.view_fusion.cross_view_norm", "roadwork.view_fusion.refinement_attention.qkv_proj",
+    "roadwork.view_fusion.refinement_attention.out_proj", "roadwork.view_fusion.refinement_norm",
+    "metadata_encoder", "metadata_encoder.weather_embeddings", "metadata_encoder.daytime_embeddings",
+    "metadata_encoder.scene_embeddings", "metadata_encoder.text_projection",
+    "fusion.fc", "classifier.fc1", "classifier.fc2", "view_classifier", "weather_classifier.fc1",
+    "weather_classifier.fc2", "segmentation_decoder.project", "segmentation_decoder.stages.0.conv",
+    "segmentation_decoder.stages.1.conv", "segmentation_decoder.classify",
+}  # fmt: skip
+
+
+def test_state_dict_names_are_named_not_positional():
+    model = _model(seg_resolution=16)
+    keys = list(model.state_dict())
+    assert any(k.startswith("roadwork.backbone.") for k in keys)
+    head_keys = [k for k in keys if not k.startswith("roadwork.backbone.")]  # the backbone's names are its library's
+    assert {k.rsplit(".", 1)[0] for k in head_keys} == EXPECTED_HEAD_MODULES
+    for key in head_keys:
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if part.isdigit():
+                parent = model.get_submodule(".".join(parts[:i]))
+                assert isinstance(parent, torch.nn.ModuleList), f"{key}: positional index {part} under {type(parent)}"
+
+
 # ---------------------------------------------------------------------------------------------- save / load
 
 
@@ -294,6 +342,18 @@ def test_save_and_load_round_trip_is_identical_and_backbone_stays_frozen(tmp_pat
         torch.testing.assert_close(loaded(pixel_values=pixels, **meta).logits, expected, rtol=0, atol=0)
     assert not any(p.requires_grad for p in loaded.roadwork.backbone.parameters())
     assert all(p.requires_grad for n, p in loaded.named_parameters() if not n.startswith("roadwork.backbone."))
+
+
+def test_checkpoint_ships_every_module_of_the_package(tmp_path):
+    """What ships, ships: a checkpoint (model + image processor, as training saves it) holds every module of
+    modeling_roadwork/, so nothing lives there that a Hub checkpoint loaded with trust_remote_code lacks."""
+    package = Path(modeling_roadwork.__file__).parent
+    modules = {path.name for path in package.glob("*.py") if path.name != "__init__.py"}
+    assert {"modeling_roadwork.py", "configuration_roadwork.py", "image_processing_roadwork.py"} <= modules
+    _model().save_pretrained(tmp_path)
+    RoadworkImageProcessor(view_size=VIEW_SIZE).save_pretrained(tmp_path)
+    shipped = {path.name for path in tmp_path.glob("*.py")}
+    assert modules - shipped == set(), "modules of modeling_roadwork/ that no checkpoint ships"
 
 
 def test_remote_code_loads_in_a_fresh_process(tmp_path, fresh_python):

@@ -149,6 +149,9 @@ def load_backbone(
         `(backbone, preprocessing)`: the backbone model and `{"image_mean", "image_std", "resample"}`.
     """
     kwargs = dict(kwargs or {})
+    name_or_path = os.path.expanduser(os.fspath(name_or_path))  # "~/.cache/..." from a YAML file
+    if weights is not None:
+        weights = os.path.expanduser(os.fspath(weights))
     if name_or_path.startswith(TIMM_PREFIX):
         architecture = name_or_path[len(TIMM_PREFIX) :]
         if not architecture:

@@ -213,3 +213,24 @@ def test_auto_autocast_is_float32_on_cpu():
         assert seen and all(s == (dtype == "bfloat16") for s in seen), dtype
     torch.testing.assert_close(features["auto"], features[None], rtol=0, atol=0)
     assert not torch.equal(features["auto"], features["bfloat16"]), "bf16 autocast must change features"
+
+
+def test_train_builds_a_timm_name_plus_weights_backbone_from_yaml(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py is a script at the repo root
+    import train
+
+    weights = tmp_path / "w.safetensors"
+    save_file(_tiny_timm().state_dict(), str(weights))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"backbone: timm:{ARCH}\nbackbone_weights: {weights}\n"
+        f"backbone_kwargs:\n  model_args: {json.dumps(MODEL_ARGS)}\n  pretrained_cfg: {json.dumps(NON_IMAGENET)}\n"
+        f"model_overrides: {json.dumps(HEAD)}\noutput_dir: {tmp_path / 'out'}\n"
+    )
+    model_args, *_ = train.parse_args(["--config", str(config)])
+    model = train.build_model(model_args, {})
+    assert model.config.backbone_config.architecture == ARCH and model.config.image_std == [0.5] * 3
+    assert RoadworkImageProcessor.from_model_config(model.config).image_std == [0.5] * 3

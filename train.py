@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Stage 2: model and image processor.
     model = build_model(args.model, vocabularies, splits["train"])
     config = model.config
-    image_processor = RoadworkImageProcessor(view_size=config.view_size)
+    image_processor = RoadworkImageProcessor.from_model_config(config)  # the backbone's mean, std, resampling
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("parameters: %d trainable of %d", trainable, sum(p.numel() for p in model.parameters()))
 

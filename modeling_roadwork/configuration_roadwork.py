@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import DINOv3ViTConfig, PretrainedConfig, TimmWrapperConfig
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .losses_roadwork import LOSS_COMPONENTS, LOSS_WEIGHT_FIELDS
 from .text_encoding_roadwork import MINILM_ID
@@ -62,6 +65,16 @@ def _backbone_config_from(value) -> PretrainedConfig:
     return config
 
 
+def _float_list(value, default):
+    """A sequence of numbers as a list of floats (JSON-friendly); anything else is kept for validation to name."""
+    if value is None:
+        return [float(v) for v in default]
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        return value
+
+
 class RoadworkConfig(PretrainedConfig):
     r"""
     Configuration of [`RoadworkModel`] and [`RoadworkForImageClassification`]: a frozen backbone over several views
@@ -78,14 +91,24 @@ class RoadworkConfig(PretrainedConfig):
             the model is built.
         freeze_backbone (`bool`, *optional*, defaults to `True`):
             Keep the backbone frozen (no gradients, eval mode).
-        backbone_autocast_dtype (`str`, *optional*, defaults to `"bfloat16"`):
-            Autocast dtype of the frozen backbone forward (`"bfloat16"`, `"float16"` or `None` for no autocast).
+        backbone_autocast_dtype (`str`, *optional*, defaults to `"auto"`):
+            Autocast dtype of the frozen backbone forward: `"auto"` (bfloat16 when the input is on a CUDA device that
+            supports it, no autocast elsewhere: on CPU bf16 is slow without native units and shifts features),
+            `"bfloat16"`, `"float16"`, or `None` / `"float32"` for no autocast.
         backbone_batch_size (`int`, *optional*):
             Run the backbone over at most this many views at once (bounds activation memory); `None` = all.
         num_views (`int`, *optional*, defaults to 12):
             Views per image (global, 3x3 tiles, centre, right).
         view_size (`int`, *optional*, defaults to 512):
             Side of a view in pixels; a multiple of the DINOv3 patch size 16.
+        image_mean (`list[float]`, *optional*, defaults to the ImageNet mean `[0.485, 0.456, 0.406]`):
+            Per-channel mean the backbone was trained with; `from_backbone` reads it from the backbone (timm
+            `pretrained_cfg`, the DINOv3 image processor). `RoadworkImageProcessor.from_model_config` uses it.
+        image_std (`list[float]`, *optional*, defaults to the ImageNet std `[0.229, 0.224, 0.225]`):
+            Per-channel std the backbone was trained with (read like `image_mean`).
+        resample (`str`, *optional*, defaults to `"bicubic"`):
+            Resampling filter of the views: `"bicubic"`, `"bilinear"`, `"lanczos"`, `"box"` or `"hamming"` (the
+            backbone's interpolation where it names one of these).
         use_view_pruning (`bool`, *optional*, defaults to `True`):
             Score views and keep the top `num_kept_views`. Pruning happens after the backbone: it saves head
             compute only.
@@ -180,10 +203,13 @@ class RoadworkConfig(PretrainedConfig):
         backbone_config=None,
         backbone_hidden_size: int | None = None,
         freeze_backbone: bool = True,
-        backbone_autocast_dtype: str | None = "bfloat16",
+        backbone_autocast_dtype: str | None = "auto",
         backbone_batch_size: int | None = None,
         num_views: int = 12,
         view_size: int = 512,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        resample: str = "bicubic",
         use_view_pruning: bool = True,
         num_kept_views: int = 8,
         view_scorer_reduction: int = 4,
@@ -235,6 +261,9 @@ class RoadworkConfig(PretrainedConfig):
         self.backbone_batch_size = backbone_batch_size
         self.num_views = num_views
         self.view_size = view_size
+        self.image_mean = _float_list(image_mean, IMAGENET_DEFAULT_MEAN)
+        self.image_std = _float_list(image_std, IMAGENET_DEFAULT_STD)
+        self.resample = resample
         self.use_view_pruning = use_view_pruning
         self.num_kept_views = num_kept_views
         self.view_scorer_reduction = view_scorer_reduction
@@ -352,8 +381,19 @@ class RoadworkConfig(PretrainedConfig):
                 fail(name, "loss weights must be >= 0")
         if self.consistency_target not in ("views_mean", "final"):
             fail("consistency_target", "must be 'views_mean' or 'final'")
-        if self.backbone_autocast_dtype not in (None, "bfloat16", "float16", "float32"):
-            fail("backbone_autocast_dtype", "must be 'bfloat16', 'float16', 'float32' or None")
+        if self.backbone_autocast_dtype not in (None, "auto", "bfloat16", "float16", "float32"):
+            fail("backbone_autocast_dtype", "must be 'auto', 'bfloat16', 'float16', 'float32' or None")
+        for name, positive in (("image_mean", False), ("image_std", True)):
+            values = getattr(self, name)
+            if (
+                not isinstance(values, list)
+                or len(values) != 3
+                or not all(isinstance(v, float) and math.isfinite(v) for v in values)
+                or (positive and min(values) <= 0)
+            ):
+                fail(name, "must be 3 finite floats (one per RGB channel)" + (", each > 0" if positive else ""))
+        if self.resample not in ("bicubic", "bilinear", "lanczos", "box", "hamming"):
+            fail("resample", "must be 'bicubic', 'bilinear', 'lanczos', 'box' or 'hamming'")
         for name in ("weather_vocab", "daytime_vocab", "scene_vocab", "seg_class_names"):
             values = getattr(self, name)
             if any(not isinstance(v, str) or not v for v in values) or len(set(values)) != len(values):

@@ -313,6 +313,30 @@ class RoadworkImageProcessor(BaseImageProcessor):
         self.do_normalize = do_normalize
         self.fast_decode = fast_decode
 
+    @classmethod
+    def from_model_config(cls, config: Any, **kwargs) -> "RoadworkImageProcessor":
+        """
+        The processor that matches a roadwork model: `view_size`, `image_mean`, `image_std` and `resample` from its
+        config (which `from_backbone` fills from the backbone's own preprocessing), so that training and serving
+        normalise alike and `save_pretrained` writes them to `preprocessor_config.json`. A config without these
+        fields (older checkpoints) gets the ImageNet mean/std and bicubic resampling. `kwargs` override any
+        constructor argument.
+
+        Example:
+
+        ```python
+        >>> processor = RoadworkImageProcessor.from_model_config(model.config)
+        ```
+        """
+        values = {
+            "view_size": config.view_size,
+            "image_mean": getattr(config, "image_mean", None) or IMAGENET_DEFAULT_MEAN,
+            "image_std": getattr(config, "image_std", None) or IMAGENET_DEFAULT_STD,
+            "resample": getattr(config, "resample", None) or PIL.Image.Resampling.BICUBIC,
+        }
+        values.update(kwargs)
+        return cls(**values)
+
     @property
     def num_views(self) -> int:
         """Views per image: global + tiles + centre + right (12 with the default 3x3 grid)."""

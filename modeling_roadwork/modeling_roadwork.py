@@ -13,6 +13,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .attention_roadwork import RoadworkGatedAttentionLayer, RoadworkViewFusion
+from .backbone_roadwork import load_backbone
 from .configuration_roadwork import RoadworkConfig
 from .layers_roadwork import (
     RoadworkMetadataEncoder,
@@ -135,18 +136,36 @@ class RoadworkPreTrainedModel(PreTrainedModel):
         return model
 
     @classmethod
-    def from_backbone(cls, backbone_name_or_path: str, *, backbone_kwargs: dict | None = None, **config_overrides):
+    def from_backbone(
+        cls,
+        backbone_name_or_path: str,
+        *,
+        backbone_weights: str | None = None,
+        backbone_kwargs: dict | None = None,
+        **config_overrides,
+    ):
         """
         Builds a fresh model around a pretrained backbone: DINOv3 (`facebook/dinov3-vith16plus-pretrain-lvd1689m`, the
-        default, gated: accept its licence on the Hub and log in) or a timm model on the Hub
-        (`timm/convnextv2_base.fcmae_ft_in22k_in1k`). The head is randomly initialised; the backbone weights are
-        copied into the model, so later `from_pretrained` of a saved roadwork checkpoint needs nothing else.
+        default, gated: accept its licence on the Hub and log in), a timm model on the Hub
+        (`timm/convnextv2_base.fcmae_ft_in22k_in1k`), a local folder of either kind (a timm folder holds `config.json`
+        with `architecture`, `model_args`, `pretrained_cfg` and `model.safetensors`), or `"timm:<architecture>"` with
+        a weights file. The head is randomly initialised; the backbone weights are copied into the model, so later
+        `from_pretrained` of a saved roadwork checkpoint needs nothing else.
+
+        The backbone's own preprocessing (mean, std, resampling: timm's `pretrained_cfg`, DINOv3's image processor,
+        else ImageNet's) goes into the config as `image_mean`, `image_std`, `resample`; build the matching processor
+        with `RoadworkImageProcessor.from_model_config(model.config)`.
 
         Args:
-            backbone_name_or_path (`str`): Hub id or local folder of the backbone.
-            backbone_kwargs (`dict`, *optional*): passed to `AutoModel.from_pretrained` of the backbone
-                (e.g. `revision`, `token`, `cache_dir`).
-            config_overrides: [`RoadworkConfig`] fields (e.g. `num_kept_views=12`, `hidden_size=768`).
+            backbone_name_or_path (`str`): Hub id, local folder, or `"timm:<architecture>"` (e.g.
+                `"timm:efficientnet_lite0"`).
+            backbone_weights (`str`, *optional*): timm weights (`.safetensors` or `.pth`), only with `"timm:..."`.
+            backbone_kwargs (`dict`, *optional*): for a Hub id or folder, passed to `AutoModel.from_pretrained`
+                (e.g. `revision`, `token`, `cache_dir`); for `"timm:..."`, `TimmWrapperConfig` fields: `model_args`
+                (timm `create_model` arguments, e.g. `{"pad_type": "same"}`) and `pretrained_cfg` (`mean`, `std`,
+                `interpolation`).
+            config_overrides: [`RoadworkConfig`] fields (e.g. `num_kept_views=12`, `hidden_size=768`); they win over
+                the preprocessing read from the backbone.
 
         Example:
 
@@ -154,11 +173,15 @@ class RoadworkPreTrainedModel(PreTrainedModel):
         >>> model = RoadworkForImageClassification.from_backbone(
         ...     "facebook/dinov3-vith16plus-pretrain-lvd1689m", num_attention_layers=6
         ... )
+        >>> model = RoadworkForImageClassification.from_backbone(
+        ...     "timm:efficientnet_lite0",
+        ...     backbone_weights="efficientnet_lite0.safetensors",
+        ...     backbone_kwargs={"model_args": {"pad_type": "same", "bn_eps": 1e-3}, "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}},
+        ... )
         ```
         """
-        backbone_kwargs = dict(backbone_kwargs or {})
-        backbone = AutoModel.from_pretrained(backbone_name_or_path, **backbone_kwargs)
-        config = RoadworkConfig(backbone_config=backbone.config, **config_overrides)
+        backbone, preprocessing = load_backbone(backbone_name_or_path, weights=backbone_weights, kwargs=backbone_kwargs)
+        config = RoadworkConfig(backbone_config=backbone.config, **{**preprocessing, **config_overrides})
         model = cls(config)
         base = model if isinstance(model, RoadworkModel) else getattr(model, cls.base_model_prefix)
         missing, unexpected = base.backbone.load_state_dict(backbone.state_dict(), strict=False)
@@ -226,8 +249,11 @@ class RoadworkModel(RoadworkPreTrainedModel):
         return self
 
     def _backbone_contexts(self, device: torch.device):
-        """no_grad for a frozen backbone, and autocast to the configured dtype."""
-        dtype = _AUTOCAST_DTYPES.get(self.config.backbone_autocast_dtype)
+        """no_grad for a frozen backbone, and autocast to the configured dtype ("auto": bf16 on CUDA only)."""
+        name = self.config.backbone_autocast_dtype
+        if name == "auto":
+            name = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        dtype = _AUTOCAST_DTYPES.get(name)
         autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         return (torch.no_grad() if self.config.freeze_backbone else contextlib.nullcontext()), autocast
 

@@ -25,7 +25,7 @@ from transformers import HfArgumentParser
 
 
 # Mappings (JSON on the command line) that a variant file or the command line merges key by key into its base.
-MERGED_MAPPINGS = ("model_overrides", "backbone_config")
+MERGED_MAPPINGS = ("model_overrides", "backbone_config", "backbone_kwargs")
 
 
 def load_config_file(path: str, _seen: tuple[str, ...] = ()) -> dict:

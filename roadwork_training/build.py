@@ -30,8 +30,22 @@ class ModelArguments:
         default=DINOV3_VITH16PLUS_ID,
         metadata={
             "help": "Hub id or local folder of the pretrained backbone (DINOv3, or a timm model such as "
-            "timm/convnextv2_base.fcmae_ft_in22k_in1k). DINOv3 is gated: accept its licence on the Hub and log in. "
+            "timm/convnextv2_base.fcmae_ft_in22k_in1k, or a timm folder such as the one "
+            "`python -m roadwork_backbones.convert_efficientnet_lite0` writes), or 'timm:<architecture>' with "
+            "--backbone_weights. DINOv3 is gated: accept its licence on the Hub and log in. "
             "Ignored when --backbone_config or --model_name_or_path is given."
+        },
+    )
+    backbone_weights: str | None = field(
+        default=None,
+        metadata={"help": "timm weights (.safetensors or .pth) for --backbone timm:<architecture>."},
+    )
+    backbone_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON (or a YAML mapping) for loading --backbone: AutoModel.from_pretrained arguments (revision, "
+            "...), or with timm:<architecture> TimmWrapperConfig fields, e.g. "
+            '{"model_args": {"pad_type": "same"}, "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}.'
         },
     )
     backbone_config: str | None = field(
@@ -214,7 +228,12 @@ def build_model(args: ModelArguments, vocabularies: dict, train=None) -> Roadwor
     if args.backbone_config:
         backbone_config = json_arg(args.backbone_config, "backbone_config")
         return RoadworkForImageClassification(RoadworkConfig(backbone_config=backbone_config, **overrides))
-    return RoadworkForImageClassification.from_backbone(args.backbone, **overrides)
+    return RoadworkForImageClassification.from_backbone(
+        args.backbone,
+        backbone_weights=args.backbone_weights,
+        backbone_kwargs=json_arg(args.backbone_kwargs, "backbone_kwargs"),
+        **overrides,
+    )
 
 
 def gps_sample_weights(

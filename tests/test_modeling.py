@@ -193,7 +193,7 @@ def test_gradients_reach_null_embeddings_gates_and_head_but_not_backbone():
 
 
 def test_backbone_runs_under_bf16_autocast():
-    model = _model()
+    model = _model(backbone_autocast_dtype="bfloat16")
     seen = {}
 
     def hook(module, args, output):

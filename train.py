@@ -46,7 +46,7 @@ from modeling_roadwork import (
     RoadworkImageProcessor,
     RoadworkTextEmbedder,
 )
-from modeling_roadwork.metadata_roadwork import clean_description
+from data_collator.metadata import clean_description
 
 
 logger = logging.getLogger("roadwork.train")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modeling_roadwork.metadata_roadwork import RoadworkMetadataParser, RoadworkParseReport, collate_metadata
+from .metadata import RoadworkMetadataParser, RoadworkParseReport, collate_metadata
 
 from .augmentation import RoadworkValidatorTransform, RoadworkViewAugmenter, build_augmentation
 from .schema import (

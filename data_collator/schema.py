@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from modeling_roadwork.metadata_roadwork import (
+from .metadata import (
     DAYTIME_COLUMN,
     DESCRIPTION_COLUMN,
     GPS_COLUMN,

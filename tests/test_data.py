@@ -291,10 +291,10 @@ def test_text_embedder_and_cached_features(rows, processor):
 
 def test_dataset_logs_one_metadata_summary_for_the_split(rows, processor, caplog):
     bad = [dict(rows[0], gps="nonsense"), dict(rows[1], gps="[0, 0]"), dict(rows[2], gps="also bad")]
-    with caplog.at_level(logging.INFO, logger="modeling_roadwork.metadata_roadwork"):
+    with caplog.at_level(logging.INFO, logger="data_collator.metadata"):
         dataset = RoadworkDataset(bad, processor, VOCABS)
         dataset[0]
-    lines = [r.getMessage() for r in caplog.records if r.name == "modeling_roadwork.metadata_roadwork"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "data_collator.metadata"]
     assert len(lines) == 1 and "3 rows" in lines[0] and "gps_malformed=2" in lines[0] and "gps_zero=1" in lines[0]
     assert dataset.report.counts["gps_malformed"] == 1  # the per-item report counts what this process parsed
 

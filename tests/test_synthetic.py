@@ -19,7 +19,7 @@ from data_collator.synthetic import (
     generate_row,
     main,
 )
-from modeling_roadwork.metadata_roadwork import parse_gps, parse_tag_list
+from data_collator.metadata import parse_gps, parse_tag_list
 
 
 EXPECTED_COLUMNS = list(ROADWORK_COLUMNS) + ["video_info.video_id", "video_info.frame_index", "seg_masks"]

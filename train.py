@@ -304,7 +304,7 @@ def gps_sample_weights(args: GPSArguments, train, test, output_dir: str, seed: i
     if not args.gps_weighting:
         return None
     config = RoadworkGPSWeightingConfig(
-        k=args.gps_clusters,
+        num_clusters=args.gps_clusters,
         bracket_edges_km=list(args.gps_bracket_edges_km),
         bracket_weights=list(args.gps_bracket_weights),
         missing_weight=args.gps_missing_weight,

@@ -10,11 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data_collator.collator import FORWARD_KEYS, RoadworkDataCollator, RoadworkDataset, extract_view_images
+from data_collator.collator import FORWARD_KEYS, RoadworkDataCollator, RoadworkDataset
 from data_collator.schema import (
     build_vocabularies,
     consistent_mask,
-    decode_image,
     decode_seg_masks,
     encode_seg_masks,
     filter_consistent_rows,
@@ -147,17 +146,6 @@ def test_seg_mask_codec():
         decode_seg_masks(np.zeros((5, 8, 8)))
 
 
-def test_decode_image_raises_value_error_on_garbage():
-    assert decode_image({"bytes": _jpeg_bytes(), "path": None}).size == (64, 48)
-    for bad in (
-        {"bytes": b"not an image", "path": None},
-        {"bytes": _jpeg_bytes()[:200], "path": None},
-        {"bytes": None, "path": None},
-    ):
-        with pytest.raises(ValueError):
-            decode_image(bad)
-
-
 # --- dataset and collator -------------------------------------------------------------------------------------
 
 
@@ -197,13 +185,26 @@ def test_no_augmentation_is_exactly_the_serving_path(rows, processor):
         assert torch.equal(dataset[i]["pixel_values"], expected)
 
 
-def test_extract_view_images_inverts_the_processor_scaling(rows, processor):
-    views = extract_view_images(processor, rows[0]["image"])
-    assert views.shape == (12, VIEW_SIZE, VIEW_SIZE, 3) and views.dtype == np.uint8
-    normalised = processor(rows[0]["image"], return_tensors="np")["pixel_values"][0]
-    mean, std = np.array(processor.image_mean)[:, None, None], np.array(processor.image_std)[:, None, None]
-    rebuilt = (views.transpose(0, 3, 1, 2) / 255.0 - mean) / std
-    np.testing.assert_allclose(rebuilt, normalised, atol=1e-5)
+def test_whole_image_transform_decodes_as_serving_does(rows, processor):
+    # An RGBA PNG whose transparent half hides red: the processor composites it on white, as it does at serving
+    # time; a plain `.convert("RGB")` (a decoder of its own) would show the red.
+    rgba = np.zeros((48, 64, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[:, :32, 3] = 255, 255
+    buffer = io.BytesIO()
+    Image.fromarray(rgba).save(buffer, format="PNG")
+    cell = {"bytes": buffer.getvalue(), "path": "rgba.png"}
+    seen = []
+
+    def identity(image, seed=None):
+        seen.append(image)
+        return image
+
+    dataset = RoadworkDataset([dict(rows[0], image=cell)], processor, VOCABS, image_transform=identity)
+    pixel_values = dataset[0]["pixel_values"]
+    assert seen and seen[0].mode == "RGB" and seen[0].size == (64, 48)
+    assert torch.equal(pixel_values, processor(cell, return_tensors="pt")["pixel_values"][0])
+    plain = Image.open(io.BytesIO(cell["bytes"])).convert("RGB")
+    assert not torch.equal(pixel_values, processor(plain, return_tensors="pt")["pixel_values"][0])
 
 
 def test_seeded_dataset_is_reproducible_per_epoch(rows, processor):

@@ -337,3 +337,43 @@ def test_batch_runs_through_the_model(rows, processor):
     batch = RoadworkDataCollator()([dataset[i] for i in range(4)])
     output = RoadworkForImageClassification(config)(**batch)
     assert output.logits.shape == (4, 2) and torch.isfinite(output.loss)
+
+
+@pytest.mark.parametrize(
+    "config_class, flags",
+    [
+        (
+            "RoadworkGPSWeightingConfig",
+            ["--num_clusters", "3", "--bracket_weights", "8", "2", "1", "0.5", "--min_fraction_within_50km", "0.4",
+             "--min_fraction_within_100km", "0.6", "--max_mean_distance_km", "200"],
+        ),
+        ("SyntheticDatasetConfig", ["--num_train", "12", "--mask_rate", "0.5"]),
+        ("RoadworkAugmentationConfig", ["--strength", "light", "--zoom_range", "0.9", "1.1", "--motion_blur_kernel", "3", "7"]),
+    ],
+)  # fmt: skip
+def test_data_configs_parse_as_command_line_flags(config_class, flags):
+    # train.py parses these dataclasses with HfArgumentParser instead of mirroring their fields: every field must
+    # be a parsable flag with a help text, and the GPS pass criteria (which the failure advice tells users to relax)
+    # must be among them.
+    from dataclasses import fields
+
+    from transformers import HfArgumentParser
+
+    import data_collator
+    import data_collator.gps_weighting
+
+    cls = getattr(data_collator, config_class, None) or getattr(data_collator.gps_weighting, config_class)
+    parser = HfArgumentParser(cls)
+    help_text = " ".join(parser.format_help().split())
+    for f in fields(cls):
+        if f.init:
+            assert f.metadata.get("help"), f"{config_class}.{f.name} has no help"
+            assert f"--{f.name}" in help_text
+    (parsed,) = parser.parse_args_into_dataclasses(args=flags)
+    assert parsed == cls(**{f.name: getattr(parsed, f.name) for f in fields(cls) if f.init})
+    given = dict(zip(flags[::1], flags[1:]))
+    for flag, value in given.items():
+        if flag.startswith("--") and not value.startswith("--"):
+            parsed_value = getattr(parsed, flag[2:])
+            first = parsed_value[0] if isinstance(parsed_value, list) else parsed_value
+            assert str(first) == value or float(first) == float(value), (flag, parsed_value)

@@ -16,6 +16,7 @@ from transformers import Trainer
 from modeling_roadwork import LOSS_COMPONENTS, RoadworkPreTrainedModel
 
 from .gps_weighting import make_gps_sampler
+from .schema import ROADWORK_HUB_ID
 
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class RoadworkTrainer(Trainer):
         *args,
         sample_weights: Sequence[float] | None = None,
         sampler_seed: int = 42,
-        dataset_name: str = "natix-network-org/roadwork",
+        dataset_name: str = ROADWORK_HUB_ID,
         base_model: str | None = None,
         **kwargs,
     ):
@@ -211,7 +212,7 @@ def model_card(
     repo_id: str,
     config,
     metrics: Mapping[str, float] | None = None,
-    dataset: str = "natix-network-org/roadwork",
+    dataset: str = ROADWORK_HUB_ID,
     training_args: Mapping | None = None,
     base_model: str | None = None,
 ) -> str:

@@ -89,7 +89,7 @@ class _Canvas:
         self._mask("line", points, width=width)
 
     def coverage(self) -> np.ndarray:
-        """(6, 32, 32) uint8 soft masks."""
+        """(num classes, SEG_MASK_SIZE, SEG_MASK_SIZE) uint8 soft masks."""
         return np.stack(
             [
                 np.asarray(m.resize((SEG_MASK_SIZE, SEG_MASK_SIZE), Image.Resampling.BOX), dtype=np.uint8)
@@ -444,7 +444,7 @@ def describe_scene(objects: Sequence[str], scene: str, weather: str, daytime: st
 def render_scene(
     rng: np.random.Generator, width: int, height: int, roadwork: bool, weather: str, daytime: str, scene: str
 ) -> tuple[Image.Image, np.ndarray, list[str]]:
-    """Draws one scene. Returns the image, (6, 32, 32) uint8 soft masks and the object kinds drawn."""
+    """Draws one scene. Returns the image, (6, SEG_MASK_SIZE, SEG_MASK_SIZE) uint8 soft masks and the object kinds drawn."""
     horizon = int(height * rng.uniform(0.38, 0.52))
     road = _Road(
         width=width,

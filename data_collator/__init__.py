@@ -9,6 +9,7 @@ from .augmentation import (
     build_augmentation,
 )
 from .collator import FORWARD_KEYS, RoadworkDataCollator, RoadworkDataset
+from .gps_weighting import RoadworkGPSWeightingConfig, make_gps_sampler, prepare_gps_weighting
 from .schema import (
     ROADWORK_HUB_ID,
     RoadworkConsistencyReport,
@@ -31,6 +32,7 @@ __all__ = [
     "RoadworkConsistencyReport",
     "RoadworkDataCollator",
     "RoadworkDataset",
+    "RoadworkGPSWeightingConfig",
     "RoadworkValidatorTransform",
     "RoadworkViewAugmenter",
     "SyntheticDatasetConfig",
@@ -42,6 +44,8 @@ __all__ = [
     "filter_consistent_rows",
     "generate_synthetic_dataset",
     "gps_array",
+    "make_gps_sampler",
+    "prepare_gps_weighting",
     "labels_array",
     "load_roadwork_splits",
 ]

@@ -360,9 +360,8 @@ def test_data_configs_parse_as_command_line_flags(config_class, flags):
     from transformers import HfArgumentParser
 
     import data_collator
-    import data_collator.gps_weighting
 
-    cls = getattr(data_collator, config_class, None) or getattr(data_collator.gps_weighting, config_class)
+    cls = getattr(data_collator, config_class)
     parser = HfArgumentParser(cls)
     help_text = " ".join(parser.format_help().split())
     for f in fields(cls):

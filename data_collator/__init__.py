@@ -1,4 +1,5 @@
-"""roadwork data side: reading the schema, metadata, per-view augmentation, collation, synthetic data."""
+"""roadwork data side: reading the schema, metadata parsing, per-view augmentation, the dataset and collator,
+GPS-weighted sampling (`data_collator.gps_weighting`) and synthetic data (`data_collator.synthetic`)."""
 
 from .augmentation import (
     AUGMENTATION_PRESETS,
@@ -7,12 +8,12 @@ from .augmentation import (
     RoadworkViewAugmenter,
     build_augmentation,
 )
-from .collator import FORWARD_KEYS, RoadworkDataCollator, RoadworkDataset, extract_view_images, normalize_views
+from .collator import FORWARD_KEYS, RoadworkDataCollator, RoadworkDataset
+from .gps_weighting import RoadworkGPSWeightingConfig, make_gps_sampler, prepare_gps_weighting
 from .schema import (
     ROADWORK_HUB_ID,
     RoadworkConsistencyReport,
     build_vocabularies,
-    decode_image,
     decode_seg_masks,
     encode_seg_masks,
     filter_consistent_rows,
@@ -20,18 +21,7 @@ from .schema import (
     labels_array,
     load_roadwork_splits,
 )
-
-
-_SYNTHETIC_NAMES = ("SyntheticDatasetConfig", "ensure_synthetic_dataset", "generate_synthetic_dataset")
-
-
-def __getattr__(name):
-    # Imported lazily so that `python -m data_collator.synthetic` does not import its own module twice.
-    if name in _SYNTHETIC_NAMES:
-        from . import synthetic
-
-        return getattr(synthetic, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from .synthetic import SyntheticDatasetConfig, ensure_synthetic_dataset, generate_synthetic_dataset
 
 
 __all__ = [
@@ -42,20 +32,20 @@ __all__ = [
     "RoadworkConsistencyReport",
     "RoadworkDataCollator",
     "RoadworkDataset",
+    "RoadworkGPSWeightingConfig",
     "RoadworkValidatorTransform",
     "RoadworkViewAugmenter",
     "SyntheticDatasetConfig",
     "build_augmentation",
     "build_vocabularies",
-    "decode_image",
     "decode_seg_masks",
     "encode_seg_masks",
     "ensure_synthetic_dataset",
-    "extract_view_images",
     "filter_consistent_rows",
     "generate_synthetic_dataset",
     "gps_array",
+    "make_gps_sampler",
+    "prepare_gps_weighting",
     "labels_array",
     "load_roadwork_splits",
-    "normalize_views",
 ]

@@ -2,9 +2,10 @@
 
 Two kinds:
 
-- [`RoadworkViewAugmenter`]: per-view augmentation (albumentations 2.x). The plan's four groups with their
-  probabilities, applied to each of the 12 views independently (one draw per view), after view extraction
-  and before normalisation. Strengths: ``"heavy"`` (the plan's probabilities, pre-training), ``"light"``
+- [`RoadworkViewAugmenter`]: per-view augmentation (albumentations 2.x). Four groups (geometric, weather, colour,
+  noise / blur) with the probabilities of [`RoadworkAugmentationConfig`], applied to each of the 12 views
+  independently (one draw per view), after view extraction and before normalisation. Strengths: ``"heavy"``
+  (the configured probabilities, pre-training), ``"light"``
   (half of each probability, fine-tuning), ``"none"`` (identity, evaluation).
 - [`RoadworkValidatorTransform`]: the StreetVision validators' serving conditions, applied to the whole
   image before view extraction: one of four equally likely levels (0: centre square crop; 1: rotation
@@ -50,8 +51,8 @@ class RoadworkAugmentationConfig:
 
     Args:
         strength (`str`, *optional*, defaults to `"heavy"`): ``"heavy"`` (x1), ``"light"`` (x0.5) or ``"none"`` (x0).
-        scale (`float`, *optional*, defaults to 1.0): a further factor on every probability (capped at 1), e.g. the
-            plan's 1.5x and 0.75x ensemble members.
+        scale (`float`, *optional*, defaults to 1.0): a further factor on every probability (capped at 1), e.g. 1.5
+            and 0.75 for ensemble members 2 and 3 (`configs/ensemble/`).
         hflip_p (`float`, *optional*, defaults to 0.7): horizontal flip.
         rotate_p (`float`, *optional*, defaults to 0.5): rotation by up to `rotate_limit` degrees.
         perspective_p (`float`, *optional*, defaults to 0.25): perspective warp with `perspective_scale`.
@@ -66,38 +67,65 @@ class RoadworkAugmentationConfig:
         gaussian_blur_p (`float`, *optional*, defaults to 0.15): Gaussian blur, kernel in `gaussian_blur_kernel`.
         border_mode (`int`, *optional*, defaults to `cv2.BORDER_REFLECT_101`): fill for rotation / zoom / warp;
             reflection avoids black corners that would be a shortcut feature.
+
+    Ranges are lists, not tuples, so that `HfArgumentParser` can parse every field as a flag of its own name.
     """
 
-    strength: str = "heavy"
-    scale: float = 1.0
-    hflip_p: float = 0.7
-    rotate_p: float = 0.5
-    rotate_limit: float = 15.0
-    perspective_p: float = 0.25
-    perspective_scale: tuple[float, float] = (0.02, 0.08)
-    zoom_p: float = 0.4
-    zoom_range: tuple[float, float] = (0.7, 1.3)
-    brightness_p: float = 0.5
-    brightness: float = 0.3
-    contrast_p: float = 0.5
-    contrast: float = 0.3
-    saturation_p: float = 0.4
-    saturation: float = 0.2
-    hue_p: float = 0.25
-    hue_degrees: float = 15.0
-    rain_p: float = 0.25
-    fog_p: float = 0.25
-    shadow_p: float = 0.3
-    sun_flare_p: float = 0.2
-    noise_p: float = 0.2
-    noise_sigma: tuple[float, float] = (5.0, 10.0)
-    motion_blur_p: float = 0.15
-    motion_blur_kernel: tuple[int, int] = (3, 9)
-    gaussian_blur_p: float = 0.15
-    gaussian_blur_kernel: tuple[int, int] = (3, 5)
-    border_mode: int = cv2.BORDER_REFLECT_101
+    strength: str = field(
+        default="heavy", metadata={"help": "Augmentation strength: heavy (x1 probabilities), light (x0.5) or none."}
+    )
+    scale: float = field(
+        default=1.0, metadata={"help": "Further factor on every augmentation probability (capped at 1)."}
+    )
+    hflip_p: float = field(default=0.7, metadata={"help": "Probability of a horizontal flip of a view."})
+    rotate_p: float = field(default=0.5, metadata={"help": "Probability of rotating a view by up to rotate_limit."})
+    rotate_limit: float = field(default=15.0, metadata={"help": "Largest rotation of a view, in degrees."})
+    perspective_p: float = field(default=0.25, metadata={"help": "Probability of a perspective warp of a view."})
+    perspective_scale: list[float] = field(
+        default_factory=lambda: [0.02, 0.08], metadata={"help": "Range (low high) of the perspective warp's scale."}
+    )
+    zoom_p: float = field(default=0.4, metadata={"help": "Probability of zooming a view by a factor in zoom_range."})
+    zoom_range: list[float] = field(
+        default_factory=lambda: [0.7, 1.3], metadata={"help": "Range (low high) of the zoom factor."}
+    )
+    brightness_p: float = field(default=0.5, metadata={"help": "Probability of a brightness change."})
+    brightness: float = field(default=0.3, metadata={"help": "Largest brightness change, as a factor +-."})
+    contrast_p: float = field(default=0.5, metadata={"help": "Probability of a contrast change."})
+    contrast: float = field(default=0.3, metadata={"help": "Largest contrast change, as a factor +-."})
+    saturation_p: float = field(default=0.4, metadata={"help": "Probability of a saturation change."})
+    saturation: float = field(default=0.2, metadata={"help": "Largest saturation change, as a factor +-."})
+    hue_p: float = field(default=0.25, metadata={"help": "Probability of a hue shift."})
+    hue_degrees: float = field(default=15.0, metadata={"help": "Largest hue shift, in degrees."})
+    rain_p: float = field(default=0.25, metadata={"help": "Probability of drawing rain on a view."})
+    fog_p: float = field(default=0.25, metadata={"help": "Probability of a fog / haze veil on a view."})
+    shadow_p: float = field(default=0.3, metadata={"help": "Probability of a shadow on a view."})
+    sun_flare_p: float = field(default=0.2, metadata={"help": "Probability of a sun flare on a view."})
+    noise_p: float = field(default=0.2, metadata={"help": "Probability of Gaussian noise on a view."})
+    noise_sigma: list[float] = field(
+        default_factory=lambda: [5.0, 10.0], metadata={"help": "Range (low high) of the noise sigma, in 0..255 units."}
+    )
+    motion_blur_p: float = field(default=0.15, metadata={"help": "Probability of a horizontal motion blur."})
+    motion_blur_kernel: list[int] = field(
+        default_factory=lambda: [3, 9], metadata={"help": "Range (low high) of the motion blur kernel, odd sizes."}
+    )
+    gaussian_blur_p: float = field(default=0.15, metadata={"help": "Probability of a Gaussian blur."})
+    gaussian_blur_kernel: list[int] = field(
+        default_factory=lambda: [3, 5], metadata={"help": "Range (low high) of the Gaussian blur kernel, odd sizes."}
+    )
+    border_mode: int = field(
+        default=cv2.BORDER_REFLECT_101,
+        metadata={"help": "OpenCV border mode filling rotated / zoomed / warped views (default: reflect 101)."},
+    )
 
     def __post_init__(self):
+        # YAML/JSON and older callers give tuples; store lists so that asdict() round-trips and flags parse.
+        for name in ("perspective_scale", "zoom_range", "noise_sigma"):
+            setattr(self, name, [float(v) for v in getattr(self, name)])
+        for name in ("motion_blur_kernel", "gaussian_blur_kernel"):
+            setattr(self, name, [int(v) for v in getattr(self, name)])
+        for name in ("perspective_scale", "zoom_range", "noise_sigma", "motion_blur_kernel", "gaussian_blur_kernel"):
+            if len(getattr(self, name)) != 2:
+                raise ValueError(f"{name} must be a range of 2 values (low high), got {getattr(self, name)}")
         if self.strength not in AUGMENTATION_STRENGTHS:
             raise ValueError(f"strength must be one of {sorted(AUGMENTATION_STRENGTHS)}, got {self.strength!r}")
         if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale >= 0):
@@ -174,7 +202,7 @@ def view_seeds(seed: int | None, num_views: int) -> list[int | None]:
 
 
 class RoadworkViewAugmenter:
-    """Augments view images (uint8 HWC RGB arrays) independently, with the plan's probabilities.
+    """Augments view images (uint8 HWC RGB arrays) independently, with the probabilities of its config.
 
     Order: geometric (flip, rotate, perspective, zoom), weather (rain, fog, shadow, sun flare), colour
     (brightness, contrast, saturation, hue), noise / blur. Weather comes before colour so that a darker or
@@ -217,8 +245,8 @@ class RoadworkViewAugmenter:
             # geometric
             A.HorizontalFlip(p=p["hflip_p"]),
             A.Rotate(limit=(-c.rotate_limit, c.rotate_limit), border_mode=c.border_mode, p=p["rotate_p"]),
-            A.Perspective(scale=c.perspective_scale, border_mode=c.border_mode, p=p["perspective_p"]),
-            A.Affine(scale=c.zoom_range, keep_ratio=True, border_mode=c.border_mode, p=p["zoom_p"]),
+            A.Perspective(scale=tuple(c.perspective_scale), border_mode=c.border_mode, p=p["perspective_p"]),
+            A.Affine(scale=tuple(c.zoom_range), keep_ratio=True, border_mode=c.border_mode, p=p["zoom_p"]),
             # weather
             A.RandomRain(blur_value=3, brightness_coefficient=0.85, rain_type="drizzle", p=p["rain_p"]),
             RoadworkHaze(density_range=(0.2, 0.5), p=p["fog_p"]),
@@ -243,12 +271,12 @@ class RoadworkViewAugmenter:
             # noise / blur; GaussNoise's std is a fraction of 255 for uint8 images
             A.GaussNoise(std_range=(c.noise_sigma[0] / 255.0, c.noise_sigma[1] / 255.0), p=p["noise_p"]),
             A.MotionBlur(
-                blur_limit=c.motion_blur_kernel,
+                blur_limit=tuple(c.motion_blur_kernel),
                 angle_range=(0.0, 0.0),
                 direction_range=(0.0, 0.0),
                 p=p["motion_blur_p"],
             ),
-            A.GaussianBlur(blur_limit=c.gaussian_blur_kernel, sigma_limit=(0.5, 1.5), p=p["gaussian_blur_p"]),
+            A.GaussianBlur(blur_limit=tuple(c.gaussian_blur_kernel), sigma_limit=(0.5, 1.5), p=p["gaussian_blur_p"]),
         ]
 
     def _compose(self, height: int, width: int) -> A.Compose:

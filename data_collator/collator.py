@@ -1,9 +1,10 @@
 """From raw roadwork rows to model batches.
 
 [`RoadworkDataset`] turns one row of the schema into an example: decode the image once, optionally apply a
-whole-image transform (the validators' serving conditions), cut the 12 views with the
-[`RoadworkImageProcessor`], augment each view independently, normalise, and parse the metadata.
-[`RoadworkDataCollator`] stacks examples into exactly the model's forward arguments (the shared contract):
+whole-image transform (the validators' serving conditions), cut the 12 views, augment each view independently,
+normalise, and parse the metadata. Decoding, view cutting and normalisation are the [`RoadworkImageProcessor`]'s
+own (`load_image`, `extract_views`, `normalize`), so training sees pixels exactly as serving does.
+[`RoadworkDataCollator`] stacks examples into exactly the arguments of `RoadworkForImageClassification.forward`:
 ``pixel_values`` or ``view_features``, ``gps``, ``weather_ids``, ``daytime_ids``, ``scene_ids``,
 ``text_embeds``, ``labels``, ``weather_labels``, and ``seg_masks`` + ``seg_mask_valid`` when the data has masks.
 
@@ -30,16 +31,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modeling_roadwork.metadata_roadwork import RoadworkMetadataParser, RoadworkParseReport, collate_metadata
+from modeling_roadwork.configuration_roadwork import DEFAULT_SEG_CLASSES
 
 from .augmentation import RoadworkValidatorTransform, RoadworkViewAugmenter, build_augmentation
+from .metadata import RoadworkMetadataParser, RoadworkParseReport, collate_metadata
 from .schema import (
     ID_COLUMN,
     IMAGE_COLUMN,
     LABEL_COLUMN,
-    SEG_CLASS_NAMES,
+    SEG_MASK_SIZE,
     SEG_MASKS_COLUMN,
-    decode_image,
+    TEXT_EMBED_DIM,
     decode_seg_masks,
     scan_metadata,
 )
@@ -47,7 +49,7 @@ from .schema import (
 
 logger = logging.getLogger(__name__)
 
-# Keys the collator may emit: the model's forward arguments of the shared contract.
+# Keys the collator may emit: arguments of RoadworkForImageClassification.forward (tests/test_data_to_model.py).
 FORWARD_KEYS = (
     "pixel_values",
     "view_features",
@@ -63,33 +65,6 @@ FORWARD_KEYS = (
 )
 VIEW_FEATURES_COLUMN = "view_features"
 TEXT_EMBEDS_COLUMN = "text_embeds"
-
-
-# --- views ----------------------------------------------------------------------------------------------------
-
-
-def extract_view_images(image_processor: Any, image: Any) -> np.ndarray:
-    """The processor's views before normalisation: ``(V, S, S, 3)`` uint8.
-
-    Uses the processor's public ``extract_views`` when it has one; otherwise calls it with
-    ``do_normalize=False`` (views in [0, 1], which are exactly ``uint8 / 255``) and scales back, so the views
-    are cut, decoded and resampled by the very code that serves the model.
-    """
-    if hasattr(image_processor, "extract_views"):
-        return np.asarray(image_processor.extract_views(image), dtype=np.uint8)
-    values = image_processor(image, return_tensors="np", do_normalize=False)["pixel_values"][0]  # (V, 3, S, S)
-    return np.rint(values.transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
-
-
-def normalize_views(
-    views: Sequence[np.ndarray] | np.ndarray, image_mean: Sequence[float], image_std: Sequence[float]
-) -> torch.Tensor:
-    """``(V, S, S, 3)`` uint8 -> ``(V, 3, S, S)`` float32, ``(x / 255 - mean) / std`` per channel."""
-    array = np.ascontiguousarray(np.stack(views) if not isinstance(views, np.ndarray) else views)
-    pixels = torch.from_numpy(array).permute(0, 3, 1, 2).float()  # (V, S, S, 3) -> (V, 3, S, S)
-    std = torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1)
-    mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1)
-    return pixels.mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
 def _example_seed(seed: int | None, epoch: int, index: int, stream: int) -> int | None:
@@ -108,20 +83,21 @@ class RoadworkDataset(torch.utils.data.Dataset):
     Args:
         split: a `datasets.Dataset` (best with ``image`` cast to ``Image(decode=False)``, as
             [`~data_collator.schema.load_roadwork_splits`] does), or any indexable sequence of row dicts.
-        image_processor ([`RoadworkImageProcessor`]): cuts the views; its ``image_mean`` / ``image_std``
-            normalise them.
+        image_processor ([`RoadworkImageProcessor`]): decodes the image, cuts the views and normalises them (with
+            its ``image_mean`` / ``image_std``), the same code that serves the model.
         vocabularies: the model config, a dict with ``weather_vocab`` / ``daytime_vocab`` / ``scene_vocab``, or a
             [`RoadworkMetadataParser`].
         augmentation (`str` or [`RoadworkViewAugmenter`], *optional*, defaults to ``"none"``): per-view
             augmentation: ``"heavy"``, ``"light"``, ``"none"``, or an augmenter.
         image_transform (`Callable`, *optional*): a whole-image transform applied before view extraction,
-            called as ``image_transform(pil_image, seed=...)``, e.g. [`RoadworkValidatorTransform`]; or the
-            string ``"validator"``.
+            called as ``image_transform(pil_image, seed=...)`` on the image as the processor's ``load_image``
+            decodes it, e.g. [`RoadworkValidatorTransform`]; or the string ``"validator"``.
         seed (`int`, *optional*): makes every example a function of ``(seed, epoch, index)``. `None` draws
             fresh randomness each time (different in every epoch and worker).
         with_seg_masks (`bool`, *optional*): emit ``seg_masks`` (`None` where a row has none). Defaults to whether
             the split has a ``seg_masks`` column.
-        num_seg_classes (`int`, *optional*, defaults to 6): channels of the masks.
+        num_seg_classes (`int`, *optional*, defaults to 6, the length of `RoadworkConfig.seg_class_names`):
+            channels of the masks.
         scan_metadata_on_init (`bool`, *optional*, defaults to `True`): parse every row's metadata once at
             construction (no images; fast) and log a one-line summary of malformed GPS strings, unknown
             categories etc.
@@ -145,7 +121,7 @@ class RoadworkDataset(torch.utils.data.Dataset):
         image_transform: Callable[..., Image.Image] | str | None = None,
         seed: int | None = None,
         with_seg_masks: bool | None = None,
-        num_seg_classes: int = len(SEG_CLASS_NAMES),
+        num_seg_classes: int = len(DEFAULT_SEG_CLASSES),
         scan_metadata_on_init: bool = True,
     ):
         self.split = split
@@ -172,8 +148,6 @@ class RoadworkDataset(torch.utils.data.Dataset):
                 with_seg_masks = len(split) > 0 and SEG_MASKS_COLUMN in split[0]
         self.with_seg_masks = with_seg_masks
         self.num_seg_classes = num_seg_classes
-        self.image_mean = list(getattr(image_processor, "image_mean", (0.485, 0.456, 0.406)))
-        self.image_std = list(getattr(image_processor, "image_std", (0.229, 0.224, 0.225)))
         self.corrupt_ids: set[str] = set()
         self.num_corrupt = 0
         if scan_metadata_on_init:
@@ -216,23 +190,20 @@ class RoadworkDataset(torch.utils.data.Dataset):
         if row.get(VIEW_FEATURES_COLUMN) is not None:
             example["view_features"] = torch.as_tensor(np.asarray(row[VIEW_FEATURES_COLUMN]), dtype=torch.float32)
         else:
-            augment = self.augmenter is not None and self.augmenter.enabled
             try:
                 image = self._prepare_image(row.get(IMAGE_COLUMN), index)
-                if augment:
-                    views = extract_view_images(self.image_processor, image)  # (V, S, S, 3) uint8
-                else:  # exactly the serving path
-                    example["pixel_values"] = self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+                views = self.image_processor.extract_views(image)  # (V, S, S, 3) uint8
             except Exception as error:  # noqa: BLE001 - any undecodable image must not end a long run
                 return self._corrupt(example, index, error)
             masks = self._masks(row)
-            if augment:
+            if self.augmenter is not None and self.augmenter.enabled:
                 seed = _example_seed(self.seed, self.epoch, index, 0)
                 if masks is not None:
                     views, masks = self._augment_with_masks(views, masks, seed)
                 else:
                     views = self.augmenter.augment_views(list(views), seed=seed)
-                example["pixel_values"] = normalize_views(views, self.image_mean, self.image_std)
+            # Without augmentation this is exactly the serving path: processor(image)["pixel_values"][0].
+            example["pixel_values"] = self.image_processor.normalize(views)  # (V, 3, S, S) float32
         if self.with_seg_masks:
             example["seg_masks"] = masks
 
@@ -242,12 +213,12 @@ class RoadworkDataset(torch.utils.data.Dataset):
         return example
 
     def _prepare_image(self, cell: Any, index: int) -> Any:
-        """What the processor gets: the raw cell, or the decoded image after the whole-image transform."""
+        """What the processor cuts views from: the raw cell, or the decoded image after the whole-image transform."""
         if cell is None:
             raise ValueError("the row has no image")
         if self.image_transform is None:
             return dict(cell) if isinstance(cell, Mapping) else cell
-        image = decode_image(cell)
+        image = self.image_processor.load_image(dict(cell) if isinstance(cell, Mapping) else cell)
         return self.image_transform(image, seed=_example_seed(self.seed, self.epoch, index, 1))
 
     def _masks(self, row: Mapping[str, Any]) -> np.ndarray | None:
@@ -296,9 +267,10 @@ class RoadworkDataCollator:
         text_embedder (`Callable[[list[str | None]], torch.Tensor]`, *optional*): maps B descriptions to
             (B, text_embed_dim) float, zero rows for `None` (e.g. `RoadworkTextEmbedder`). Without one, and
             without ``text_embeds`` cached in the examples, ``text_embeds`` is all zeros ("no description").
-        text_embed_dim (`int`, *optional*, defaults to 384): width of the zero ``text_embeds``.
+        text_embed_dim (`int`, *optional*, defaults to `RoadworkConfig`'s ``text_embed_dim``, 384): width of the
+            zero ``text_embeds``.
         seg_mask_size (`int`, *optional*): side the masks are resized to; defaults to the first mask's size
-            in the batch (32 when no row of the batch has one).
+            in the batch (`RoadworkConfig`'s default ``seg_resolution``, 32, when no row of the batch has one).
         include_text_embeds (`bool`, *optional*, defaults to `True`): emit ``text_embeds``.
 
     Returns (from ``__call__``): a dict with a subset of [`FORWARD_KEYS`]: ``pixel_values`` (B, V, 3, S, S)
@@ -309,7 +281,7 @@ class RoadworkDataCollator:
     """
 
     text_embedder: Callable[[list[str | None]], torch.Tensor] | None = None
-    text_embed_dim: int = 384
+    text_embed_dim: int = TEXT_EMBED_DIM
     seg_mask_size: int | None = None
     include_text_embeds: bool = True
     num_dropped: int = field(default=0, init=False)
@@ -382,13 +354,13 @@ class RoadworkDataCollator:
     def _seg_masks(self, examples: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         masks = [e.get("seg_masks") for e in examples]
         present = [m for m in masks if m is not None]
-        num_classes = int(np.asarray(present[0]).shape[0]) if present else len(SEG_CLASS_NAMES)
+        num_classes = int(np.asarray(present[0]).shape[0]) if present else len(DEFAULT_SEG_CLASSES)
         if self.seg_mask_size is not None:
             size = (self.seg_mask_size, self.seg_mask_size)
         elif present:
             size = tuple(np.asarray(present[0]).shape[-2:])
         else:
-            size = (32, 32)
+            size = (SEG_MASK_SIZE, SEG_MASK_SIZE)
         out = torch.zeros(len(masks), num_classes, *size, dtype=torch.float32)
         valid = torch.zeros(len(masks), dtype=torch.bool)
         for i, mask in enumerate(masks):
@@ -407,6 +379,4 @@ __all__ = [
     "FORWARD_KEYS",
     "RoadworkDataCollator",
     "RoadworkDataset",
-    "extract_view_images",
-    "normalize_views",
 ]

@@ -14,20 +14,21 @@ counted per row instead of raising inside `datasets` in the middle of a run.
 
 from __future__ import annotations
 
-import io
+import inspect
 import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from modeling_roadwork.metadata_roadwork import (
+from modeling_roadwork.configuration_roadwork import DEFAULT_SEG_CLASSES, RoadworkConfig
+
+from .metadata import (
     DAYTIME_COLUMN,
     DESCRIPTION_COLUMN,
     GPS_COLUMN,
@@ -40,7 +41,6 @@ from modeling_roadwork.metadata_roadwork import (
     parse_gps,
     parse_tag_list,
 )
-
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,12 @@ ROADWORK_COLUMNS = (
     WEATHER_COLUMN,
     "scene_level_tags.travel_alteration",
 )
-ID2LABEL = {0: "None", 1: "Roadwork"}
-SEG_CLASS_NAMES = ("cone", "barrier", "sign", "worker", "vehicle", "equipment")
+
+# Sizes the data side shares with the model, read from RoadworkConfig's defaults so that each is defined once:
+# the side of the pseudo masks (`seg_resolution`) and the width of the text embeddings (`text_embed_dim`).
+_MODEL_DEFAULTS = inspect.signature(RoadworkConfig.__init__).parameters
+SEG_MASK_SIZE: int = _MODEL_DEFAULTS["seg_resolution"].default
+TEXT_EMBED_DIM: int = _MODEL_DEFAULTS["text_embed_dim"].default
 
 _SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+?)(?:[-_.]\d+)?(?:-of-\d+)?(?:-[0-9a-f]+)?\.parquet$")
 
@@ -110,9 +114,8 @@ def load_roadwork_splits(
 
     Args:
         source (`str` or `os.PathLike`, *optional*, defaults to ``"natix-network-org/roadwork"``):
-            a Hub dataset id, a local folder with ``data/{split}-*.parquet`` shards (the Hub layout), or
-            ``"synthetic"`` for the generated default dataset (created on first use, see
-            [`~data_collator.synthetic.ensure_synthetic_dataset`]).
+            a Hub dataset id, or a local folder with ``data/{split}-*.parquet`` shards (the Hub layout), such as
+            the synthetic dataset of [`~data_collator.synthetic.ensure_synthetic_dataset`].
         splits (`Sequence[str]`, *optional*): keep only these splits.
         cache_dir (`str`, *optional*): `datasets` cache folder.
         decode_images (`bool`, *optional*, defaults to `False`): keep `datasets`' own image decoding. Off by
@@ -129,10 +132,6 @@ def load_roadwork_splits(
     import datasets
 
     source = ROADWORK_HUB_ID if source is None else source
-    if str(source) == "synthetic":
-        from .synthetic import default_synthetic_dir, ensure_synthetic_dataset
-
-        source = ensure_synthetic_dataset(default_synthetic_dir())
     local = Path(source)
     if local.exists():
         data_files = find_parquet_splits(local)
@@ -345,48 +344,6 @@ def filter_consistent_rows(split: Any, rule: str = "validator") -> tuple[Any, Ro
 # --- cells ----------------------------------------------------------------------------------------------------
 
 
-def image_bytes(value: Any) -> bytes | None:
-    """Encoded bytes of an image cell (`{"bytes", "path"}` dict, bytes or a path); None if it has none."""
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        data = value.get("bytes")
-        if data is not None:
-            return bytes(data)
-        path = value.get("path")
-        return Path(path).read_bytes() if path else None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, (str, os.PathLike)):
-        return Path(value).read_bytes()
-    return None
-
-
-def decode_image(value: Any) -> Image.Image:
-    """Decodes an image cell (dict, bytes, path, PIL image or HWC uint8 array) to an upright RGB PIL image.
-
-    EXIF orientation is applied, as [`RoadworkImageProcessor`] does. Raises `ValueError` on anything
-    undecodable (truncated or corrupt bytes included).
-    """
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, np.ndarray):
-        return Image.fromarray(np.ascontiguousarray(value.astype(np.uint8))).convert("RGB")
-    else:
-        data = image_bytes(value)
-        if data is None:
-            raise ValueError(f"image cell has no data: {type(value).__name__}")
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except Exception as error:  # PIL raises OSError, SyntaxError, struct.error, DecompressionBombError, ...
-            raise ValueError(f"could not decode image ({len(data)} bytes): {type(error).__name__}: {error}") from error
-    try:
-        return ImageOps.exif_transpose(image).convert("RGB")
-    except Exception as error:
-        raise ValueError(f"could not decode image: {type(error).__name__}: {error}") from error
-
-
 def encode_seg_masks(masks: np.ndarray) -> bytes:
     """``(K, S, S)`` masks in [0, 1] (float) or 0..255 (uint8) -> ``K * S * S`` bytes (uint8 coverage, row-major)."""
     masks = np.asarray(masks)
@@ -397,7 +354,7 @@ def encode_seg_masks(masks: np.ndarray) -> bytes:
     return masks.tobytes()
 
 
-def decode_seg_masks(value: Any, num_classes: int = len(SEG_CLASS_NAMES)) -> np.ndarray | None:
+def decode_seg_masks(value: Any, num_classes: int = len(DEFAULT_SEG_CLASSES)) -> np.ndarray | None:
     """A ``seg_masks`` cell -> ``(K, H, W)`` float32 in [0, 1], or `None` if the row has no mask.
 
     Accepts the bytes of [`encode_seg_masks`] (``K * S * S`` uint8 values, square masks), or an array-like
@@ -424,39 +381,26 @@ def decode_seg_masks(value: Any, num_classes: int = len(SEG_CLASS_NAMES)) -> np.
     return np.clip(array.astype(np.float32), 0.0, 1.0)
 
 
-def iter_rows(split: Any) -> Iterable[Mapping[str, Any]]:
-    """Rows of a dataset, a list of rows or a dict of columns."""
-    if isinstance(split, Mapping):
-        names = list(split)
-        for values in zip(*(split[n] for n in names)):
-            yield dict(zip(names, values))
-    else:
-        yield from split
-
-
 __all__ = [
     "CONSISTENCY_RULES",
-    "ID2LABEL",
     "ID_COLUMN",
     "IMAGE_COLUMN",
     "LABEL_COLUMN",
     "ROADWORK_COLUMNS",
     "ROADWORK_HUB_ID",
-    "SEG_CLASS_NAMES",
     "SEG_MASKS_COLUMN",
+    "SEG_MASK_SIZE",
+    "TEXT_EMBED_DIM",
     "RoadworkConsistencyReport",
     "build_vocabularies",
     "consistent_mask",
-    "decode_image",
     "decode_seg_masks",
     "encode_seg_masks",
     "filter_consistent_rows",
     "find_parquet_splits",
-    "gps_array",
     "get_column",
-    "image_bytes",
+    "gps_array",
     "is_consistent_row",
-    "iter_rows",
     "labels_array",
     "load_roadwork_splits",
     "scan_metadata",

@@ -218,6 +218,10 @@ class RoadworkImageProcessor(BaseImageProcessor):
 
     With `tile_grid != 3` there are `tile_grid**2 + 3` views; the model's default expects 12.
 
+    The steps are public for training-time augmentation: [`~RoadworkImageProcessor.load_image`] (the decoder),
+    [`~RoadworkImageProcessor.extract_views`] (uint8 views) and [`~RoadworkImageProcessor.normalize`]; `preprocess`
+    is `normalize(extract_views(image))` for each image.
+
     Decoding: a file, bytes or `datasets` dict is decoded once and all views are cut from that one image. For
     JPEGs (with `fast_decode=True`) libjpeg decodes at 1/2, 1/4 or 1/8 scale whenever the smallest view box
     still has at least `view_size` source pixels per side at that scale; view boxes are computed in the
@@ -488,6 +492,70 @@ class RoadworkImageProcessor(BaseImageProcessor):
 
     # ------------------------------------------------------------------ public API
 
+    def load_image(self, image: Any) -> PIL.Image.Image:
+        """
+        Decode one input to the upright 8-bit RGB image that views are cut from, at full resolution.
+
+        The decoder of [`~RoadworkImageProcessor.preprocess`] (EXIF orientation, alpha on white, 16-bit samples
+        scaled), without the JPEG draft: for code that transforms the whole image before cutting views, such as
+        a training-time augmentation, so that it sees what serving sees. Raises `ValueError` on an undecodable
+        input.
+        """
+        rgb, _, _, _ = self._decode(image, fast_decode=False)
+        return rgb
+
+    def extract_views(self, image: Any, fast_decode: bool | None = None) -> np.ndarray:
+        """
+        Decode one image and cut its views, before normalisation (for per-view augmentation).
+
+        Args:
+            image: one image, in any form [`~RoadworkImageProcessor.preprocess`] takes.
+            fast_decode (`bool`, *optional*): overrides `self.fast_decode` for this call.
+
+        Returns:
+            `np.ndarray`: (V, S, S, 3) uint8 views, in view order; [`~RoadworkImageProcessor.normalize`] turns
+            them into what `preprocess` returns for the image.
+        """
+        views, _ = self._views(image, self.fast_decode if fast_decode is None else fast_decode)
+        return views.permute(0, 2, 3, 1).numpy()  # (V, 3, S, S) -> (V, S, S, 3), no copy
+
+    def normalize(self, views: Any, do_normalize: bool | None = None) -> torch.Tensor:
+        """
+        Scale uint8 views to [0, 1] and normalise them with `image_mean` / `image_std`.
+
+        Args:
+            views: (V, S, S, 3) uint8, an array, a tensor or a sequence of (S, S, 3) arrays, e.g. the output of
+                [`~RoadworkImageProcessor.extract_views`] after augmentation.
+            do_normalize (`bool`, *optional*): overrides `self.do_normalize` for this call; without normalisation
+                the views are only scaled to [0, 1].
+
+        Returns:
+            `torch.Tensor`: (V, 3, S, S) float32, as in the `pixel_values` of
+            [`~RoadworkImageProcessor.preprocess`].
+        """
+        if isinstance(views, (list, tuple)):
+            views = np.stack([np.asarray(view) for view in views])
+        views = torch.as_tensor(views)
+        if views.dtype != torch.uint8 or views.dim() != 4 or views.shape[-1] != 3:
+            raise ValueError(f"views must be (V, S, S, 3) uint8, got {views.dtype} {tuple(views.shape)}.")
+        views = views.permute(0, 3, 1, 2)  # (V, S, S, 3) -> (V, 3, S, S)
+        out = torch.empty(views.shape, dtype=torch.float32)
+        return self._normalize_into(out, views, self.do_normalize if do_normalize is None else do_normalize)
+
+    def _normalize_into(self, out: torch.Tensor, views: torch.Tensor, do_normalize: bool) -> torch.Tensor:
+        """(V, 3, S, S) uint8 `views` -> `out` (V, 3, S, S) float32, normalised in place; returns `out`."""
+        # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std, per channel: (3, 1, 1) broadcasts.
+        std = torch.tensor(self.image_std).view(3, 1, 1) if do_normalize else torch.ones(3, 1, 1)
+        mean = torch.tensor(self.image_mean).view(3, 1, 1) if do_normalize else torch.zeros(3, 1, 1)
+        # uint8 -> float, then normalise in place (a mixed-dtype addcmul would be one pass but ~4x slower).
+        return out.copy_(views).mul_(1.0 / (255.0 * std)).sub_(mean / std)
+
+    def _views(self, image: Any, fast_decode: bool) -> tuple[torch.Tensor, list[Box]]:
+        """(V, 3, S, S) uint8 views of one image and their boxes in the upright full-resolution image."""
+        rgb, width, height, scale = self._decode(image, fast_decode)
+        boxes = self.view_boxes(width, height)
+        return self._extract_views(rgb, boxes, scale), boxes
+
     def preprocess(
         self,
         images: Any,
@@ -528,19 +596,11 @@ class RoadworkImageProcessor(BaseImageProcessor):
             raise ValueError("images is an empty list.")
         num_images, num_views, size = len(batch), self.num_views, self.view_size
 
-        # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std, per channel: (3, 1, 1) broadcasts.
-        std = torch.tensor(self.image_std).view(3, 1, 1) if do_normalize else torch.ones(3, 1, 1)
-        mean = torch.tensor(self.image_mean).view(3, 1, 1) if do_normalize else torch.zeros(3, 1, 1)
-        scale_per_channel, shift_per_channel = 1.0 / (255.0 * std), mean / std
-
         pixel_values = torch.empty((num_images, num_views, 3, size, size), dtype=torch.float32)
         view_boxes = torch.empty((num_images, num_views, 4), dtype=torch.int64)
         for index, image in enumerate(batch):
-            rgb, width, height, scale = self._decode(image, fast_decode)
-            boxes = self.view_boxes(width, height)
-            # uint8 -> float, then normalise in place (a mixed-dtype addcmul would be one pass but ~4x slower).
-            pixel_values[index].copy_(self._extract_views(rgb, boxes, scale)).mul_(scale_per_channel)
-            pixel_values[index].sub_(shift_per_channel)
+            views, boxes = self._views(image, fast_decode)
+            self._normalize_into(pixel_values[index], views, do_normalize)
             view_boxes[index] = torch.tensor(boxes, dtype=torch.int64)
 
         data: dict[str, Any] = {"pixel_values": pixel_values}

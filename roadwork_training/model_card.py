@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 
 
+from data_collator.schema import ROADWORK_HUB_ID
+
 from .metrics import CONDITIONS, condition_table, format_metric
 
 
@@ -29,7 +31,7 @@ def model_card(
     repo_id: str,
     config,
     metrics: Mapping[str, float] | None = None,
-    dataset: str = "natix-network-org/roadwork",
+    dataset: str = ROADWORK_HUB_ID,
     training_args: Mapping | None = None,
     base_model: str | None = None,
 ) -> str:

@@ -12,6 +12,7 @@ import torch
 from transformers import Trainer
 
 from data_collator.gps_weighting import make_gps_sampler
+from data_collator.schema import ROADWORK_HUB_ID
 from modeling_roadwork import LOSS_COMPONENTS, RoadworkPreTrainedModel
 
 from .model_card import model_card
@@ -35,7 +36,7 @@ class RoadworkTrainer(Trainer):
         *args,
         sample_weights: Sequence[float] | None = None,
         sampler_seed: int = 42,
-        dataset_name: str = "natix-network-org/roadwork",
+        dataset_name: str = ROADWORK_HUB_ID,
         base_model: str | None = None,
         **kwargs,
     ):

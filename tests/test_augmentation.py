@@ -27,8 +27,9 @@ def _views(num_views: int = 12, size: int = SIZE) -> list[np.ndarray]:
     return [base.copy() for _ in range(num_views)]  # identical inputs: any difference comes from the draws
 
 
-# The plan's table (Hour 4), "heavy" = pre-training probabilities.
-PLAN_PROBABILITIES = {
+# The documented defaults of RoadworkAugmentationConfig ("heavy" = pre-training probabilities), written out so
+# that a changed default fails here.
+HEAVY_PROBABILITIES = {
     "hflip_p": 0.7, "rotate_p": 0.5, "perspective_p": 0.25, "zoom_p": 0.4,
     "brightness_p": 0.5, "contrast_p": 0.5, "saturation_p": 0.4, "hue_p": 0.25,
     "rain_p": 0.25, "fog_p": 0.25, "shadow_p": 0.3, "sun_flare_p": 0.2,
@@ -36,41 +37,42 @@ PLAN_PROBABILITIES = {
 }  # fmt: skip
 
 
-def test_heavy_matches_the_plan_and_light_halves_every_probability():
+def test_heavy_is_the_documented_table_and_light_halves_every_probability():
     heavy = RoadworkAugmentationConfig(strength="heavy").probabilities()
     light = RoadworkAugmentationConfig(strength="light").probabilities()
     none = RoadworkAugmentationConfig(strength="none").probabilities()
-    assert heavy == pytest.approx(PLAN_PROBABILITIES)
-    assert light == pytest.approx({k: v / 2 for k, v in PLAN_PROBABILITIES.items()})
+    assert heavy == pytest.approx(HEAVY_PROBABILITIES)
+    assert light == pytest.approx({k: v / 2 for k, v in HEAVY_PROBABILITIES.items()})
     assert set(none.values()) == {0.0}
-    assert sorted(sum(AUGMENTATION_GROUPS.values(), ())) == sorted(PLAN_PROBABILITIES)
+    assert sorted(sum(AUGMENTATION_GROUPS.values(), ())) == sorted(HEAVY_PROBABILITIES)
 
 
 def test_scale_multiplies_every_probability_and_caps_at_one():
     heavier = RoadworkAugmentationConfig(strength="heavy", scale=1.5).probabilities()
-    assert heavier == pytest.approx({k: min(1.0, v * 1.5) for k, v in PLAN_PROBABILITIES.items()})
+    assert heavier == pytest.approx({k: min(1.0, v * 1.5) for k, v in HEAVY_PROBABILITIES.items()})
     assert heavier["hflip_p"] == 1.0, "0.7 x 1.5 is capped"
     lighter = RoadworkAugmentationConfig(strength="light", scale=0.75).probabilities()
-    assert lighter == pytest.approx({k: v * 0.5 * 0.75 for k, v in PLAN_PROBABILITIES.items()})
+    assert lighter == pytest.approx({k: v * 0.5 * 0.75 for k, v in HEAVY_PROBABILITIES.items()})
     built = [t.p for t in RoadworkViewAugmenter(RoadworkAugmentationConfig(scale=0.75)).build_transforms(SIZE, SIZE)]
-    assert sorted(built) == pytest.approx(sorted(v * 0.75 for v in PLAN_PROBABILITIES.values()))
+    assert sorted(built) == pytest.approx(sorted(v * 0.75 for v in HEAVY_PROBABILITIES.values()))
 
 
 def test_built_transforms_carry_the_configured_probabilities():
     for strength, scale in (("heavy", 1.0), ("light", 0.5)):
         augmenter = RoadworkViewAugmenter(strength)
         built = [t.p for t in augmenter.build_transforms(SIZE, SIZE)]
-        expected = [PLAN_PROBABILITIES[name] * scale for name in RoadworkAugmentationConfig.probability_names()]
+        expected = [HEAVY_PROBABILITIES[name] * scale for name in RoadworkAugmentationConfig.probability_names()]
         assert sorted(built) == pytest.approx(sorted(expected))
         assert len(built) == len(expected)
 
 
-def test_plan_parameter_ranges():
+def test_default_parameter_ranges():
     c = RoadworkAugmentationConfig()
     assert (c.rotate_limit, c.zoom_range, c.brightness, c.contrast, c.saturation, c.hue_degrees) == (
-        15.0, (0.7, 1.3), 0.3, 0.3, 0.2, 15.0,
+        15.0, [0.7, 1.3], 0.3, 0.3, 0.2, 15.0,
     )  # fmt: skip
-    assert c.noise_sigma == (5.0, 10.0) and c.gaussian_blur_kernel == (3, 5)
+    assert c.noise_sigma == [5.0, 10.0] and c.gaussian_blur_kernel == [3, 5]
+    assert RoadworkAugmentationConfig(zoom_range=(0.8, 1.2)).zoom_range == [0.8, 1.2]  # tuples are stored as lists
 
 
 @pytest.mark.parametrize(

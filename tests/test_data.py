@@ -10,11 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data_collator.collator import FORWARD_KEYS, RoadworkDataCollator, RoadworkDataset, extract_view_images
+from data_collator.collator import FORWARD_KEYS, RoadworkDataCollator, RoadworkDataset
 from data_collator.schema import (
     build_vocabularies,
     consistent_mask,
-    decode_image,
     decode_seg_masks,
     encode_seg_masks,
     filter_consistent_rows,
@@ -147,17 +146,6 @@ def test_seg_mask_codec():
         decode_seg_masks(np.zeros((5, 8, 8)))
 
 
-def test_decode_image_raises_value_error_on_garbage():
-    assert decode_image({"bytes": _jpeg_bytes(), "path": None}).size == (64, 48)
-    for bad in (
-        {"bytes": b"not an image", "path": None},
-        {"bytes": _jpeg_bytes()[:200], "path": None},
-        {"bytes": None, "path": None},
-    ):
-        with pytest.raises(ValueError):
-            decode_image(bad)
-
-
 # --- dataset and collator -------------------------------------------------------------------------------------
 
 
@@ -197,13 +185,26 @@ def test_no_augmentation_is_exactly_the_serving_path(rows, processor):
         assert torch.equal(dataset[i]["pixel_values"], expected)
 
 
-def test_extract_view_images_inverts_the_processor_scaling(rows, processor):
-    views = extract_view_images(processor, rows[0]["image"])
-    assert views.shape == (12, VIEW_SIZE, VIEW_SIZE, 3) and views.dtype == np.uint8
-    normalised = processor(rows[0]["image"], return_tensors="np")["pixel_values"][0]
-    mean, std = np.array(processor.image_mean)[:, None, None], np.array(processor.image_std)[:, None, None]
-    rebuilt = (views.transpose(0, 3, 1, 2) / 255.0 - mean) / std
-    np.testing.assert_allclose(rebuilt, normalised, atol=1e-5)
+def test_whole_image_transform_decodes_as_serving_does(rows, processor):
+    # An RGBA PNG whose transparent half hides red: the processor composites it on white, as it does at serving
+    # time; a plain `.convert("RGB")` (a decoder of its own) would show the red.
+    rgba = np.zeros((48, 64, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[:, :32, 3] = 255, 255
+    buffer = io.BytesIO()
+    Image.fromarray(rgba).save(buffer, format="PNG")
+    cell = {"bytes": buffer.getvalue(), "path": "rgba.png"}
+    seen = []
+
+    def identity(image, seed=None):
+        seen.append(image)
+        return image
+
+    dataset = RoadworkDataset([dict(rows[0], image=cell)], processor, VOCABS, image_transform=identity)
+    pixel_values = dataset[0]["pixel_values"]
+    assert seen and seen[0].mode == "RGB" and seen[0].size == (64, 48)
+    assert torch.equal(pixel_values, processor(cell, return_tensors="pt")["pixel_values"][0])
+    plain = Image.open(io.BytesIO(cell["bytes"])).convert("RGB")
+    assert not torch.equal(pixel_values, processor(plain, return_tensors="pt")["pixel_values"][0])
 
 
 def test_seeded_dataset_is_reproducible_per_epoch(rows, processor):
@@ -291,10 +292,10 @@ def test_text_embedder_and_cached_features(rows, processor):
 
 def test_dataset_logs_one_metadata_summary_for_the_split(rows, processor, caplog):
     bad = [dict(rows[0], gps="nonsense"), dict(rows[1], gps="[0, 0]"), dict(rows[2], gps="also bad")]
-    with caplog.at_level(logging.INFO, logger="modeling_roadwork.metadata_roadwork"):
+    with caplog.at_level(logging.INFO, logger="data_collator.metadata"):
         dataset = RoadworkDataset(bad, processor, VOCABS)
         dataset[0]
-    lines = [r.getMessage() for r in caplog.records if r.name == "modeling_roadwork.metadata_roadwork"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "data_collator.metadata"]
     assert len(lines) == 1 and "3 rows" in lines[0] and "gps_malformed=2" in lines[0] and "gps_zero=1" in lines[0]
     assert dataset.report.counts["gps_malformed"] == 1  # the per-item report counts what this process parsed
 
@@ -336,3 +337,42 @@ def test_batch_runs_through_the_model(rows, processor):
     batch = RoadworkDataCollator()([dataset[i] for i in range(4)])
     output = RoadworkForImageClassification(config)(**batch)
     assert output.logits.shape == (4, 2) and torch.isfinite(output.loss)
+
+
+@pytest.mark.parametrize(
+    "config_class, flags",
+    [
+        (
+            "RoadworkGPSWeightingConfig",
+            ["--num_clusters", "3", "--bracket_weights", "8", "2", "1", "0.5", "--min_fraction_within_50km", "0.4",
+             "--min_fraction_within_100km", "0.6", "--max_mean_distance_km", "200"],
+        ),
+        ("SyntheticDatasetConfig", ["--num_train", "12", "--mask_rate", "0.5"]),
+        ("RoadworkAugmentationConfig", ["--strength", "light", "--zoom_range", "0.9", "1.1", "--motion_blur_kernel", "3", "7"]),
+    ],
+)  # fmt: skip
+def test_data_configs_parse_as_command_line_flags(config_class, flags):
+    # train.py parses these dataclasses with HfArgumentParser instead of mirroring their fields: every field must
+    # be a parsable flag with a help text, and the GPS pass criteria (which the failure advice tells users to relax)
+    # must be among them.
+    from dataclasses import fields
+
+    from transformers import HfArgumentParser
+
+    import data_collator
+
+    cls = getattr(data_collator, config_class)
+    parser = HfArgumentParser(cls)
+    help_text = " ".join(parser.format_help().split())
+    for f in fields(cls):
+        if f.init:
+            assert f.metadata.get("help"), f"{config_class}.{f.name} has no help"
+            assert f"--{f.name}" in help_text
+    (parsed,) = parser.parse_args_into_dataclasses(args=flags)
+    assert parsed == cls(**{f.name: getattr(parsed, f.name) for f in fields(cls) if f.init})
+    given = dict(zip(flags[::1], flags[1:]))
+    for flag, value in given.items():
+        if flag.startswith("--") and not value.startswith("--"):
+            parsed_value = getattr(parsed, flag[2:])
+            first = parsed_value[0] if isinstance(parsed_value, list) else parsed_value
+            assert str(first) == value or float(first) == float(value), (flag, parsed_value)

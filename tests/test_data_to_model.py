@@ -35,9 +35,11 @@ def test_synthetic_rows_through_dataset_collator_and_model(tmp_path):
     batch = collator([dataset[i] for i in range(len(dataset))])
     assert batch["pixel_values"].shape == (8, 12, 3, VIEW_SIZE, VIEW_SIZE)
     assert set(batch) <= set(inspect.signature(model.forward).parameters)
+    # The seeded synthetic rows carry masks on most rows (mask_rate 0.8), so the Dice loss must run on this batch.
+    assert batch["seg_masks"].shape == (8, len(config.seg_class_names), config.seg_resolution, config.seg_resolution)
+    assert batch["seg_mask_valid"].any() and not batch["seg_mask_valid"].all()
     out = model(**batch)
     assert torch.isfinite(out.loss) and out.focal_loss is not None
-    if bool(batch.get("seg_mask_valid", torch.zeros(1)).any()):
-        assert out.seg_loss is not None
+    assert out.seg_loss is not None and torch.isfinite(out.seg_loss)
     out.loss.backward()
     assert model.classifier.fc1.weight.grad is not None

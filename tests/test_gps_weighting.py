@@ -77,7 +77,7 @@ def test_centres_recover_three_cities():
     rng = np.random.default_rng(0)
     cities = [PITTSBURGH, SEATTLE, MIAMI]
     target = np.concatenate([_around(c, 60, 0.1, rng) for c in cities] + [np.full((5, 2), np.nan)])
-    centres = fit_gps_centres(target, k=3, seed=0)
+    centres = fit_gps_centres(target, num_clusters=3, seed=0)
     assert centres.shape == (3, 2)
     dist = haversine_km(np.array(cities), centres)  # (3 cities, 3 centres)
     assert (dist.min(axis=1) < 5.0).all(), dist  # every city has a centre within 5 km
@@ -91,15 +91,15 @@ def test_centres_across_antimeridian():
     pts[:, 1] = (pts[:, 1] + 180.0) % 360.0 - 180.0
     assert (pts[:, 1] > 0).any() and (pts[:, 1] < 0).any()
     target = np.concatenate([pts, _around(DENVER, 80, 0.2, rng)])
-    centres = fit_gps_centres(target, k=2, seed=0)
+    centres = fit_gps_centres(target, num_clusters=2, seed=0)
     assert haversine_km((-17.0, 180.0), centres).min() < 10.0
     assert haversine_km(DENVER, centres).min() < 10.0
 
 
 def test_centres_lower_k_with_warning_and_reject_empty():
     target = np.array([PITTSBURGH, PITTSBURGH, SEATTLE, (np.nan, np.nan)])
-    with pytest.warns(UserWarning, match="fewer than k=5"):
-        centres = fit_gps_centres(target, k=5)
+    with pytest.warns(UserWarning, match="fewer than num_clusters=5"):
+        centres = fit_gps_centres(target, num_clusters=5)
     assert centres.shape == (2, 2)
     assert haversine_km(np.array([PITTSBURGH, SEATTLE]), centres).min(axis=1).max() < 1e-6
     with pytest.raises(ValueError, match="no valid"):
@@ -196,7 +196,7 @@ def _dataset(near_fraction, rng, n=1000):
 def test_report_passes_on_close_dataset(tmp_path):
     rng = np.random.default_rng(3)
     train, target = _dataset(0.6, rng)
-    config = RoadworkGPSWeightingConfig(k=2, num_validation_samples=4000)
+    config = RoadworkGPSWeightingConfig(num_clusters=2, num_validation_samples=4000)
     weights, report = prepare_gps_weighting(train, target, config, output_dir=tmp_path / "gps")
     assert report.passed and report.failures == []
     assert report.fraction_within_50km > report.uniform_fraction_within_50km + 0.2
@@ -243,14 +243,14 @@ def test_failure_advice_fixes_the_weighting():
     # 4.5% of rows near the target: the default weights draw ~44% of rows within 50 km, below 50%.
     rng = np.random.default_rng(5)
     train, target = _dataset(0.045, rng, n=2000)
-    config = RoadworkGPSWeightingConfig(k=2, num_validation_samples=4000)
+    config = RoadworkGPSWeightingConfig(num_clusters=2, num_validation_samples=4000)
     _, report = prepare_gps_weighting(train, target, config)
     failure = next(f for f in report.failures if "within 50 km" in f)
     assert "bracket_weights[0]" in failure
     suggested = float(re.search(r"bracket_weights\[0\]\) from 5 to ([0-9.]+)", failure).group(1))
     assert suggested > 5.0
 
-    fixed = RoadworkGPSWeightingConfig(k=2, num_validation_samples=4000, bracket_weights=[suggested, 2.5, 1.0, 0.3])
+    fixed = RoadworkGPSWeightingConfig(num_clusters=2, num_validation_samples=4000, bracket_weights=[suggested, 2.5, 1.0, 0.3])
     _, fixed_report = prepare_gps_weighting(train, target, fixed)
     assert fixed_report.fraction_within_50km >= 0.5
     assert not any("within 50 km" in f for f in fixed_report.failures)
@@ -262,7 +262,7 @@ def test_failure_advice_fixes_the_weighting():
 @pytest.mark.parametrize(
     "kwargs, field_name",
     [
-        ({"k": 0}, "k"),
+        ({"num_clusters": 0}, "num_clusters"),
         ({"bracket_edges_km": [200, 50, 500]}, "bracket_edges_km"),
         ({"bracket_edges_km": [50, 200, math.inf]}, "bracket_edges_km"),
         ({"bracket_edges_km": [-5, 200, 500]}, "bracket_edges_km"),

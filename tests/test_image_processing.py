@@ -298,6 +298,51 @@ def test_unsupported_type_raises_type_error(processor):
         processor(3)
 
 
+# ----------------------------------------------------------------------------------------------- public steps
+
+
+def test_extract_views_then_normalize_is_the_processor_call(tmp_path):
+    # A JPEG large enough for the draft path, so extract_views takes the very decode that serving takes.
+    path = tmp_path / "large.jpg"
+    PIL.Image.fromarray(textured(1280, 960)).save(path, quality=90)
+    processor = RoadworkImageProcessor(view_size=64)
+    views = processor.extract_views(str(path))
+    assert views.shape == (12, 64, 64, 3) and views.dtype == np.uint8
+    served = processor(str(path), return_tensors="pt")
+    assert torch.equal(processor.normalize(views), served["pixel_values"][0])
+    assert torch.equal(processor.normalize(list(views)), served["pixel_values"][0])  # a list of augmented views
+    unnormalised = processor(str(path), return_tensors="pt", do_normalize=False)["pixel_values"][0]
+    assert torch.equal(processor.normalize(views, do_normalize=False), unnormalised)
+    # The mean and std are the processor's own: another processor normalises the same views differently.
+    other = RoadworkImageProcessor(view_size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    torch.testing.assert_close(other.normalize(views), unnormalised * 2 - 1)
+    with pytest.raises(ValueError, match="uint8"):
+        processor.normalize(views.astype(np.float32))
+
+
+def test_load_image_is_the_processor_decoder(tmp_path):
+    processor = RoadworkImageProcessor(view_size=32, fast_decode=False)
+    # Transparent pixels with a colour underneath: the decoder composites them on white, `.convert("RGB")` would not.
+    rgba = np.zeros((30, 40, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[:, :20, 3] = 255, 255
+    sixteen_bit = PIL.Image.fromarray(np.full((40, 40), 32896, dtype=np.uint16))
+    upright = PIL.Image.fromarray(textured(64, 48))
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    rotated = {
+        "bytes": encode(upright.transpose(PIL.Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes())
+    }
+    for image in (encode(PIL.Image.fromarray(rgba), "PNG"), sixteen_bit, rotated):
+        loaded = processor.load_image(image)
+        assert loaded.mode == "RGB"
+        assert np.array_equal(processor(loaded)["pixel_values"], processor(image)["pixel_values"])
+    assert np.asarray(processor.load_image(encode(PIL.Image.fromarray(rgba), "PNG")))[0, -1].tolist() == [255] * 3
+    assert np.asarray(processor.load_image(sixteen_bit))[0, 0].tolist() == [128] * 3
+    assert processor.load_image(rotated).size == (64, 48)
+    with pytest.raises(ValueError, match="Could not decode image"):
+        processor.load_image(b"not an image")
+
+
 # ----------------------------------------------------------------------------------------------- fast path
 
 

@@ -1,4 +1,4 @@
-"""The synthetic dataset generator (data_collator/synthetic.py) and loading it back (data_collator/schema.py)."""
+"""The synthetic dataset generator (data_collator/synthetic/) and loading it back (data_collator/schema.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from PIL import Image
 
 from data_collator.schema import ROADWORK_COLUMNS, decode_seg_masks, gps_array, load_roadwork_splits
 from data_collator.synthetic import (
-    _MALFORMED_GPS,
     CITIES,
     MANIFEST_NAME,
     SyntheticDatasetConfig,
@@ -19,7 +18,8 @@ from data_collator.synthetic import (
     generate_row,
     main,
 )
-from modeling_roadwork.metadata_roadwork import parse_gps, parse_tag_list
+from data_collator.metadata import parse_gps, parse_tag_list
+from data_collator.synthetic.dataset import _MALFORMED_GPS
 
 
 EXPECTED_COLUMNS = list(ROADWORK_COLUMNS) + ["video_info.video_id", "video_info.frame_index", "seg_masks"]
@@ -156,3 +156,22 @@ def test_cli(tmp_path):
     )
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["config"]["seed"] == 5 and manifest["splits"]["test"]["rows"] == 1
+
+
+def test_module_command_line_runs_from_a_fresh_process(tmp_path):
+    # `python -m data_collator.synthetic` runs the package's __main__ while data_collator imports the package
+    # eagerly: no "found in sys.modules" RuntimeWarning, and --help lists the SyntheticDatasetConfig fields.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "data_collator.synthetic", "--help"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for flag in ("--output_dir", "--num_train", "--mask_rate", "--jpeg_quality"):
+        assert flag in result.stdout
+    assert "--version" not in result.stdout  # the generator's version is not an argument

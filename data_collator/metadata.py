@@ -1,4 +1,4 @@
-"""Metadata parsing and vocabulary encoding for the roadwork model.
+"""Metadata parsing and vocabulary encoding: raw roadwork rows -> the model's metadata inputs.
 
 The `natix-network-org/roadwork` rows carry metadata as loosely formatted strings:
 
@@ -7,13 +7,14 @@ The `natix-network-org/roadwork` rows carry metadata as loosely formatted string
 - ``scene_level_tags.daytime`` / ``.scene_environment``: plain strings such as ``"Light"``, ``"Urban"``.
 - ``scene_description``: free text, empty, or the literal ``"No Description"``.
 
-This module turns them into what the model consumes (see the shared contract): ``gps`` (2,) float with NaN
-for missing, ``weather_ids`` / ``daytime_ids`` / ``scene_ids`` (0 = NULL / unknown, ``i + 1`` = ``vocab[i]``),
+This module turns them into the metadata arguments of `RoadworkForImageClassification.forward`: ``gps`` (2,)
+float with NaN for missing, ``weather_ids`` / ``daytime_ids`` / ``scene_ids`` (0 = NULL / unknown, ``i + 1`` = ``vocab[i]``),
 ``weather_labels`` (``weather_ids - 1`` or -100) and a cleaned description. Nothing here raises on bad
 input: malformed values become "missing" and are counted in a [`RoadworkParseReport`], which logs a one-line
 summary once instead of one line per row.
 
-It ships with the model (``trust_remote_code``), so it imports only the standard library, numpy and torch.
+It lives on the data side, not in `modeling_roadwork/`: prediction from a Hub checkpoint never parses metadata
+(the image processor takes images only and serving sends none), so a checkpoint does not need it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ GPS_COLUMN = "gps"
 WEATHER_COLUMN = "scene_level_tags.weather"
 DAYTIME_COLUMN = "scene_level_tags.daytime"
 SCENE_COLUMN = "scene_level_tags.scene_environment"
-TRAVEL_ALTERATION_COLUMN = "scene_level_tags.travel_alteration"
 DESCRIPTION_COLUMN = "scene_description"
 
 NULL_ID = 0
@@ -83,12 +83,6 @@ class RoadworkParseReport:
         if value is not None and key not in self.examples:
             self.examples[key] = repr(value)[:80]
 
-    def merge(self, other: RoadworkParseReport) -> RoadworkParseReport:
-        self.counts.update(other.counts)
-        for key, value in other.examples.items():
-            self.examples.setdefault(key, value)
-        return self
-
     def summary(self) -> str:
         """One line, e.g. ``roadwork metadata: 300 rows; gps_malformed=6 (e.g. 'nan, x'); weather_unknown=2``."""
         rows = self.counts.get("rows", 0)
@@ -98,9 +92,9 @@ class RoadworkParseReport:
             parts.append(f"{key}={self.counts[key]}{example}")
         return f"{self.name}: {rows} rows; " + ("; ".join(parts) if parts else "no problems")
 
-    def log_summary(self, level: int = logging.INFO, force: bool = False) -> bool:
-        """Logs [`~RoadworkParseReport.summary`] once per report (again only with `force`); returns whether it did."""
-        if self._logged and not force:
+    def log_summary(self, level: int = logging.INFO) -> bool:
+        """Logs [`~RoadworkParseReport.summary`] once per report; returns whether it did."""
+        if self._logged:
             return False
         self._logged = True
         logger.log(level, self.summary())
@@ -529,7 +523,6 @@ __all__ = [
     "IGNORE_INDEX",
     "NULL_ID",
     "SCENE_COLUMN",
-    "TRAVEL_ALTERATION_COLUMN",
     "WEATHER_COLUMN",
     "RoadworkMetadataParser",
     "RoadworkParseReport",

@@ -1,119 +1,31 @@
-"""Synthetic roadwork scenes in the schema of `natix-network-org/roadwork` (the embedded default dataset).
+"""The scene renderer of the synthetic dataset: procedural street photos drawn with PIL/numpy.
 
-Procedural street photos drawn with PIL/numpy: sky, horizon, a road in perspective with lane markings,
-buildings or trees, ordinary cars; roadwork rows (label 1) add one or more of the six object classes the
-segmentation head knows (orange cones, striped barriers, diamond road-work signs, workers in hi-vis vests,
-construction vehicles, equipment such as traffic drums and arrow boards). Because the generator knows where
-it drew each object, rows can carry exact soft masks in a ``seg_masks`` column.
-
-The columns follow the real schema exactly (dots in names included), the metadata is ~60 % NULL, a few %
-of GPS strings are malformed, descriptions are sometimes empty or ``"No Description"`` and a few rows
-disagree with their label (to exercise the validators' consistency filter). The ``video_info.*`` columns
-are placeholders with plausible names; the real dataset's ``video_info`` fields are not reproduced.
-
-Everything is deterministic in the seed: row ``i`` of a split depends only on ``(seed, split, i)``.
-
-Command line::
-
-    python -m data_collator.synthetic --output_dir DIR --num_train 240 --num_test 60 --seed 0
+Sky, horizon, a road in perspective with lane markings, buildings or trees, ordinary cars; roadwork scenes add
+one or more of the six object classes the segmentation head knows (`RoadworkConfig.seg_class_names`: orange
+cones, striped barriers, diamond road-work signs, workers in hi-vis vests, construction vehicles, equipment such
+as traffic drums and arrow boards). Because the renderer knows where it drew each object, every scene comes
+with exact soft masks.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import logging
-import math
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm.auto import tqdm
 
-from .schema import SEG_CLASS_NAMES, SEG_MASKS_COLUMN, encode_seg_masks
+from modeling_roadwork.configuration_roadwork import DEFAULT_SEG_CLASSES
 
+from ..schema import SEG_MASK_SIZE
 
-logger = logging.getLogger(__name__)
-
-SYNTHETIC_VERSION = 1
-MANIFEST_NAME = "roadwork_synthetic.json"
-MASK_SIZE = 32
-_MASK_CANVAS = 128  # masks are drawn at this resolution, then box-filtered to MASK_SIZE (soft coverage)
-
-# Six of the US cities of the real data, with their centres; rows scatter within ~10 km.
-CITIES = (
-    ("Indianapolis", 39.7684, -86.1581),
-    ("Chicago", 41.8781, -87.6298),
-    ("Austin", 30.2672, -97.7431),
-    ("Denver", 39.7392, -104.9903),
-    ("Atlanta", 33.7490, -84.3880),
-    ("Phoenix", 33.4484, -112.0740),
-)
-IMAGE_SIZES = ((640, 480), (960, 540), (480, 640), (800, 600))
-WEATHERS = ("Sunny", "Cloudy", "Overcast", "Rainy", "Foggy")
-DAYTIMES = ("Light", "Dark", "Twilight")
-SCENES = ("Urban", "Highway", "Residential", "Rural")
-TRAVEL_ALTERATIONS = ("Lane Closure", "Road Narrowing", "Detour", "Lane Shift")
+_MASK_CANVAS = 128  # masks are drawn at this resolution, then box-filtered to SEG_MASK_SIZE (soft coverage)
 OBJECT_WEIGHTS = {"cone": 0.34, "barrier": 0.2, "sign": 0.14, "worker": 0.12, "vehicle": 0.08, "equipment": 0.12}
 # Real-world heights in metres; the road is 7 m wide, which fixes the pixels per metre at each depth.
 _HEIGHT_M = {"cone": 0.75, "barrier": 1.0, "sign": 2.0, "worker": 1.75, "vehicle": 3.0, "equipment": 1.0, "car": 1.45}
 _ROAD_HALF_WIDTH_M = 3.5
 
 Color = tuple[int, int, int]
-
-
-@dataclass
-class SyntheticDatasetConfig:
-    """What [`generate_synthetic_dataset`] writes.
-
-    Args:
-        num_train, num_test (`int`): rows per split.
-        seed (`int`): everything follows from it.
-        train_positive_rate, test_positive_rate (`float`): share of label 1 (the real data: 80 % and 90 %).
-        metadata_null_rate (`float`): share of rows whose scene tags are all NULL.
-        malformed_gps_rate (`float`): share of GPS strings that are malformed, zero or out of range.
-        mask_rate (`float`): share of rows with a ``seg_masks`` cell (the others are NULL); 0 drops the column.
-        rows_per_shard (`int`): Parquet rows per shard.
-        jpeg_quality (`int`): quality of the stored JPEGs.
-    """
-
-    num_train: int = 240
-    num_test: int = 60
-    seed: int = 0
-    train_positive_rate: float = 0.8
-    test_positive_rate: float = 0.9
-    metadata_null_rate: float = 0.6
-    malformed_gps_rate: float = 0.04
-    mask_rate: float = 0.8
-    rows_per_shard: int = 200
-    jpeg_quality: int = 88
-    version: int = field(default=SYNTHETIC_VERSION)
-
-    def __post_init__(self):
-        for name in ("num_train", "num_test"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in (
-            "train_positive_rate",
-            "test_positive_rate",
-            "metadata_null_rate",
-            "malformed_gps_rate",
-            "mask_rate",
-        ):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.rows_per_shard < 1:
-            raise ValueError(f"rows_per_shard must be >= 1, got {self.rows_per_shard}")
-
-
-# --- drawing --------------------------------------------------------------------------------------------------
 
 
 class _Canvas:
@@ -128,7 +40,7 @@ class _Canvas:
         self.width, self.height = width, height
         self.image = Image.new("RGB", (width, height), background)
         self.draw = ImageDraw.Draw(self.image)
-        self.masks = [Image.new("L", (_MASK_CANVAS, _MASK_CANVAS), 0) for _ in SEG_CLASS_NAMES]
+        self.masks = [Image.new("L", (_MASK_CANVAS, _MASK_CANVAS), 0) for _ in DEFAULT_SEG_CLASSES]
         self.mask_draws = [ImageDraw.Draw(m) for m in self.masks]
         self._scale = (_MASK_CANVAS / width, _MASK_CANVAS / height)
         self.current_class: int | None = None  # class of the primitives being drawn; None = scenery
@@ -177,9 +89,12 @@ class _Canvas:
         self._mask("line", points, width=width)
 
     def coverage(self) -> np.ndarray:
-        """(6, 32, 32) uint8 soft masks."""
+        """(num classes, SEG_MASK_SIZE, SEG_MASK_SIZE) uint8 soft masks."""
         return np.stack(
-            [np.asarray(m.resize((MASK_SIZE, MASK_SIZE), Image.Resampling.BOX), dtype=np.uint8) for m in self.masks]
+            [
+                np.asarray(m.resize((SEG_MASK_SIZE, SEG_MASK_SIZE), Image.Resampling.BOX), dtype=np.uint8)
+                for m in self.masks
+            ]
         )
 
 
@@ -331,7 +246,7 @@ def _draw_car(canvas: _Canvas, road: _Road, rng: np.random.Generator, s: float, 
 
 
 def _draw_object(canvas: _Canvas, road: _Road, rng: np.random.Generator, kind: str, s: float, u: float) -> None:
-    canvas.current_class = SEG_CLASS_NAMES.index(kind)
+    canvas.current_class = DEFAULT_SEG_CLASSES.index(kind)
     ppm = road.px_per_m(s)
     x, y = road.x(s, u), road.y(s)
     hgt = _HEIGHT_M[kind] * ppm * rng.uniform(0.9, 1.1)
@@ -492,9 +407,6 @@ def _apply_weather(
     return image.filter(ImageFilter.SMOOTH)  # soften the drawn edges (a 3x3 kernel; GaussianBlur costs 10x more)
 
 
-# --- rows -----------------------------------------------------------------------------------------------------
-
-
 _PHRASES = {
     "cone": ("an orange traffic cone", "orange traffic cones"),
     "barrier": ("a striped construction barrier", "striped construction barriers"),
@@ -518,7 +430,7 @@ def describe_scene(objects: Sequence[str], scene: str, weather: str, daytime: st
     sky = {"Rainy": " in the rain", "Foggy": " in fog"}.get(weather, "")
     if not objects:
         return f"A clear view of {place}{when}{sky} with normal traffic."
-    counts = {k: objects.count(k) for k in SEG_CLASS_NAMES if k in objects}
+    counts = {k: objects.count(k) for k in DEFAULT_SEG_CLASSES if k in objects}
     phrases = [_PHRASES[k][0 if n == 1 else 1] for k, n in counts.items()]
     listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     plural = len(phrases) > 1 or objects.count(next(iter(counts))) > 1
@@ -532,7 +444,7 @@ def describe_scene(objects: Sequence[str], scene: str, weather: str, daytime: st
 def render_scene(
     rng: np.random.Generator, width: int, height: int, roadwork: bool, weather: str, daytime: str, scene: str
 ) -> tuple[Image.Image, np.ndarray, list[str]]:
-    """Draws one scene. Returns the image, (6, 32, 32) uint8 soft masks and the object kinds drawn."""
+    """Draws one scene. Returns the image, (6, SEG_MASK_SIZE, SEG_MASK_SIZE) uint8 soft masks and the object kinds drawn."""
     horizon = int(height * rng.uniform(0.38, 0.52))
     road = _Road(
         width=width,
@@ -581,260 +493,4 @@ def render_scene(
     return image, masks, objects
 
 
-_MALFORMED_GPS = ("", "nan", "None", "[39.7, ]", "[0.0, 0.0]", "[139.77, -86.18]", "lat=39.77 lon=-86.18", "[unknown]")
-
-
-def _gps_string(rng: np.random.Generator, lat: float, lon: float, malformed_rate: float) -> str:
-    if rng.random() < malformed_rate:
-        return _MALFORMED_GPS[int(rng.integers(len(_MALFORMED_GPS)))]
-    lat += rng.normal(0, 0.05)
-    lon += rng.normal(0, 0.06)
-    return f"[{lat:.8f}, {lon:.8f}]"
-
-
-def _null_tag(rng: np.random.Generator) -> str | None:
-    return (None, None, None, "", "null")[int(rng.integers(5))]
-
-
-def generate_row(config: SyntheticDatasetConfig, split: str, index: int) -> dict[str, Any]:
-    """Row `index` of `split`; depends only on ``(config.seed, split, index)`` and the rates."""
-    split_code = {"train": 0, "test": 1}.get(split, sum(map(ord, split)))
-    rng = np.random.default_rng([config.seed, split_code, index, SYNTHETIC_VERSION])
-    positive_rate = config.train_positive_rate if split == "train" else config.test_positive_rate
-    label = int(rng.random() < positive_rate)
-    width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
-    city, lat, lon = CITIES[int(rng.integers(len(CITIES)))]
-    weather = WEATHERS[int(rng.choice(len(WEATHERS), p=(0.4, 0.2, 0.15, 0.15, 0.1)))]
-    daytime = DAYTIMES[int(rng.choice(len(DAYTIMES), p=(0.7, 0.2, 0.1)))]
-    scene = SCENES[int(rng.integers(len(SCENES)))]
-
-    image, masks, objects = render_scene(rng, width, height, bool(label), weather, daytime, scene)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=config.jpeg_quality)
-    row_id = f"synthetic-{split}-{index:06d}"
-
-    # Description: mostly present for roadwork, mostly absent otherwise; a few rows disagree with the label.
-    draw = rng.random()
-    if label == 1:
-        description = (
-            describe_scene(objects, scene, weather, daytime, rng)
-            if draw < 0.86
-            else ("No Description" if draw < 0.93 else "")
-        )
-    else:
-        description = (
-            ""
-            if draw < 0.88
-            else ("No Description" if draw < 0.94 else describe_scene([], scene, weather, daytime, rng))
-        )
-
-    if rng.random() < config.metadata_null_rate:
-        tags = {k: _null_tag(rng) for k in ("daytime", "scene_environment", "weather", "travel_alteration")}
-        if tags["weather"] == "":
-            tags["weather"] = "[]"
-    else:
-        weather_tags = [weather] + (["Windy"] if rng.random() < 0.08 else [])
-        alteration = [TRAVEL_ALTERATIONS[int(rng.integers(len(TRAVEL_ALTERATIONS)))]] if label else ["None"]
-        tags = {
-            "daytime": daytime,
-            "scene_environment": scene,
-            "weather": repr(weather_tags),
-            "travel_alteration": repr(alteration),
-        }
-
-    with_mask = config.mask_rate > 0 and rng.random() < config.mask_rate
-    row = {
-        "image": {"bytes": buffer.getvalue(), "path": f"{row_id}.jpg"},
-        "label": label,
-        "id": row_id,
-        "width": width,
-        "height": height,
-        "license": "CC0-1.0 (synthetic)",
-        "date_captured": int(1_704_067_200 + rng.integers(0, 540 * 86_400)),  # 2024-01-01 + up to 540 days
-        "gps": _gps_string(rng, lat, lon, config.malformed_gps_rate),
-        "city_name": city,
-        "scene_description": description,
-        "scene_level_tags.daytime": tags["daytime"],
-        "scene_level_tags.scene_environment": tags["scene_environment"],
-        "scene_level_tags.weather": tags["weather"],
-        "scene_level_tags.travel_alteration": tags["travel_alteration"],
-        "video_info.video_id": f"synthetic-video-{int(rng.integers(0, 50)):03d}",
-        "video_info.frame_index": int(rng.integers(0, 3000)),
-    }
-    if config.mask_rate > 0:
-        row[SEG_MASKS_COLUMN] = encode_seg_masks(masks) if with_mask else None
-    return row
-
-
-def synthetic_features(with_masks: bool = True):
-    """The `datasets.Features` of the synthetic splits (the real schema plus ``seg_masks``)."""
-    import datasets
-
-    features = {
-        "image": datasets.Image(),
-        "label": datasets.Value("int64"),
-        "id": datasets.Value("string"),
-        "width": datasets.Value("int64"),
-        "height": datasets.Value("int64"),
-        "license": datasets.Value("string"),
-        "date_captured": datasets.Value("int64"),
-        "gps": datasets.Value("string"),
-        "city_name": datasets.Value("string"),
-        "scene_description": datasets.Value("string"),
-        "scene_level_tags.daytime": datasets.Value("string"),
-        "scene_level_tags.scene_environment": datasets.Value("string"),
-        "scene_level_tags.weather": datasets.Value("string"),
-        "scene_level_tags.travel_alteration": datasets.Value("string"),
-        "video_info.video_id": datasets.Value("string"),
-        "video_info.frame_index": datasets.Value("int64"),
-    }
-    if with_masks:
-        features[SEG_MASKS_COLUMN] = datasets.Value("binary")
-    return datasets.Features(features)
-
-
-def generate_synthetic_dataset(
-    output_dir: str | os.PathLike,
-    config: SyntheticDatasetConfig | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> Path:
-    """Writes ``output_dir/data/{train,test}-<shard>-of-<shards>.parquet`` and a manifest. Returns `output_dir`.
-
-    The shards carry `datasets` feature metadata, so both ``datasets.load_dataset("parquet", data_dir=...)``
-    and ``datasets.load_dataset(output_dir)`` read ``image`` back as an `Image` feature.
-    """
-    import datasets
-
-    config = config or SyntheticDatasetConfig()
-    output_dir = Path(output_dir)
-    data_dir = output_dir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    features = synthetic_features(with_masks=config.mask_rate > 0)
-    counts = {}
-    bar = tqdm(total=config.num_train + config.num_test, desc="synthetic roadwork scenes", unit="row")
-    for split, num_rows in (("train", config.num_train), ("test", config.num_test)):
-        if num_rows == 0:
-            continue
-        num_shards = max(1, math.ceil(num_rows / config.rows_per_shard))
-        bounds = np.linspace(0, num_rows, num_shards + 1).astype(int)
-        labels = []
-        for shard in range(num_shards):
-            rows = []
-            for i in range(bounds[shard], bounds[shard + 1]):
-                rows.append(generate_row(config, split, i))
-                bar.update(1)
-            labels += [r["label"] for r in rows]
-            columns = {name: [r[name] for r in rows] for name in features}
-            table = datasets.Dataset.from_dict(columns, features=features)
-            table.to_parquet(str(data_dir / f"{split}-{shard:05d}-of-{num_shards:05d}.parquet"))
-            if progress is not None:
-                progress(split, int(bounds[shard + 1]), num_rows)
-        counts[split] = {"rows": num_rows, "roadwork": int(sum(labels)), "none": int(num_rows - sum(labels))}
-    bar.close()
-    manifest = {"generator": "data_collator.synthetic", "config": asdict(config), "splits": counts}
-    (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return output_dir
-
-
-def default_synthetic_dir() -> Path:
-    """``$ROADWORK_CACHE/synthetic`` (``~/.cache/roadwork/synthetic`` by default)."""
-    root = os.environ.get("ROADWORK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "roadwork")
-    return Path(root) / "synthetic"
-
-
-def ensure_synthetic_dataset(
-    path: str | os.PathLike | None = None, config: SyntheticDatasetConfig | None = None
-) -> Path:
-    """The synthetic dataset at `path`, generated there on first use (or when its settings changed).
-
-    Generation goes to a temporary sibling folder that is renamed into place, so concurrent processes (two
-    ranks of a launch) never read a half-written dataset; the loser of the race discards its copy.
-
-    Returns:
-        `Path`: the dataset folder (Hub layout: ``data/train-*.parquet``, ``data/test-*.parquet``).
-    """
-    config = config or SyntheticDatasetConfig()
-    path = Path(path) if path is not None else default_synthetic_dir()
-    manifest = path / MANIFEST_NAME
-    if manifest.is_file():
-        try:
-            if json.loads(manifest.read_text()).get("config") == asdict(config):
-                return path
-        except (OSError, ValueError):
-            pass
-        logger.info("Synthetic dataset at %s has other settings; regenerating it", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        logger.info(
-            "Generating the synthetic roadwork dataset (%d train, %d test rows) in %s",
-            config.num_train,
-            config.num_test,
-            path,
-        )
-        generate_synthetic_dataset(tmp, config)
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not (path / MANIFEST_NAME).is_file():  # not another process's finished copy: a real error
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-# --- command line ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SyntheticDatasetArguments:
-    """Arguments of ``python -m data_collator.synthetic``."""
-
-    output_dir: str = field(
-        metadata={"help": "Folder to write (Hub layout: data/train-*.parquet, data/test-*.parquet)."}
-    )
-    num_train: int = field(default=240, metadata={"help": "Rows in the train split."})
-    num_test: int = field(default=60, metadata={"help": "Rows in the test split."})
-    seed: int = field(default=0, metadata={"help": "Seed; the dataset is a function of it."})
-    mask_rate: float = field(default=0.8, metadata={"help": "Share of rows with seg_masks (0 drops the column)."})
-    rows_per_shard: int = field(default=200, metadata={"help": "Rows per Parquet shard."})
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    from transformers import HfArgumentParser
-
-    (args,) = HfArgumentParser(SyntheticDatasetArguments).parse_args_into_dataclasses(args=argv)
-    config = SyntheticDatasetConfig(
-        num_train=args.num_train,
-        num_test=args.num_test,
-        seed=args.seed,
-        mask_rate=args.mask_rate,
-        rows_per_shard=args.rows_per_shard,
-    )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = generate_synthetic_dataset(
-        args.output_dir, config, progress=lambda s, n, t: logger.info("%s: %d/%d rows", s, n, t)
-    )
-    logger.info("Wrote %s", out)
-    return out
-
-
-if __name__ == "__main__":
-    main()
-
-
-__all__ = [
-    "CITIES",
-    "SyntheticDatasetArguments",
-    "SyntheticDatasetConfig",
-    "default_synthetic_dir",
-    "describe_scene",
-    "ensure_synthetic_dataset",
-    "generate_row",
-    "generate_synthetic_dataset",
-    "render_scene",
-    "synthetic_features",
-]
+__all__ = ["OBJECT_WEIGHTS", "describe_scene", "render_scene"]

@@ -34,7 +34,13 @@ from PIL import Image
 from modeling_roadwork.configuration_roadwork import DEFAULT_SEG_CLASSES
 
 from .augmentation import RoadworkValidatorTransform, RoadworkViewAugmenter, build_augmentation
-from .metadata import RoadworkMetadataParser, RoadworkParseReport, collate_metadata
+from .metadata import (
+    METADATA_FIELDS,
+    RoadworkMetadataParser,
+    RoadworkParseReport,
+    collate_metadata,
+    drop_metadata_fields,
+)
 from .schema import (
     ID_COLUMN,
     IMAGE_COLUMN,
@@ -67,11 +73,27 @@ VIEW_FEATURES_COLUMN = "view_features"
 TEXT_EMBEDS_COLUMN = "text_embeds"
 
 
-def _example_seed(seed: int | None, epoch: int, index: int, stream: int) -> int | None:
-    """Independent seeds per (seed, epoch, row, stream); stream 0 = views, 1 = whole-image transform."""
+def _example_seed(seed: int | None, epoch: int, index: int, stream: int, draw: int = 0) -> int | None:
+    """
+    Independent seeds per (seed, epoch, row, stream, draw); stream 0 = views, 1 = whole-image transform, 2 = metadata
+    dropout. `draw` counts earlier draws of the same row in the epoch (a sampler with replacement repeats rows), so
+    every draw gets its own augmentation; the first draw keeps the seed it had before draws were counted.
+    """
     if seed is None:
         return None
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(index), stream]).generate_state(1)[0])
+    entropy = [int(seed), int(epoch), int(index), stream] + ([int(draw)] if draw else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def encode_draw(row: int, draw: int, num_rows: int) -> int:
+    """The dataset index of the `draw`-th draw (0-based) of `row` in an epoch: `row + draw * num_rows`."""
+    return int(row) + int(draw) * int(num_rows)
+
+
+def decode_draw(index: int, num_rows: int) -> tuple[int, int]:
+    """A dataset index -> (row, draw); the inverse of [`encode_draw`]. Plain row indices are draw 0."""
+    draw, row = divmod(int(index), int(num_rows))
+    return row, draw
 
 
 # --- dataset --------------------------------------------------------------------------------------------------
@@ -101,6 +123,16 @@ class RoadworkDataset(torch.utils.data.Dataset):
         scan_metadata_on_init (`bool`, *optional*, defaults to `True`): parse every row's metadata once at
             construction (no images; fast) and log a one-line summary of malformed GPS strings, unknown
             categories etc.
+        use_metadata (`bool`, *optional*, defaults to `True`): `False` gives every row missing metadata, as serving
+            sends none (the `no_metadata` and `serving` evaluation conditions).
+        metadata_dropout (`float`, *optional*, defaults to 0.0): probability that a row loses all of its metadata
+            (seeded per row, epoch and draw), so the model learns from real rows what to do when serving sends none.
+        metadata_field_dropout (`float`, *optional*, defaults to 0.0): probability that each remaining field
+            (GPS, weather, daytime, scene, description) is dropped on its own.
+
+    Indices beyond ``len(dataset)`` are repeated draws of a row: index ``row + k * len`` is the ``k``-th repeat
+    (see [`encode_draw`]; the GPS sampler, which draws with replacement, yields them), and gets its own
+    augmentation and metadata dropout.
 
     Each example is a dict: ``pixel_values`` (V, 3, S, S) float32 (or ``view_features`` (V, D) when the row
     carries cached features), ``gps`` (2,) float32, ``weather_ids`` / ``daytime_ids`` / ``scene_ids`` /
@@ -123,7 +155,16 @@ class RoadworkDataset(torch.utils.data.Dataset):
         with_seg_masks: bool | None = None,
         num_seg_classes: int = len(DEFAULT_SEG_CLASSES),
         scan_metadata_on_init: bool = True,
+        use_metadata: bool = True,
+        metadata_dropout: float = 0.0,
+        metadata_field_dropout: float = 0.0,
     ):
+        for name, value in (("metadata_dropout", metadata_dropout), ("metadata_field_dropout", metadata_field_dropout)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a probability and must be in [0, 1], got {value!r}")
+        self.use_metadata = use_metadata
+        self.metadata_dropout = float(metadata_dropout)
+        self.metadata_field_dropout = float(metadata_field_dropout)
         self.split = split
         self.image_processor = image_processor
         self.metadata_parser = RoadworkMetadataParser.from_vocabularies(vocabularies or {})
@@ -171,14 +212,15 @@ class RoadworkDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        index, draw = decode_draw(index, len(self.split))
         try:
-            row = self.split[int(index)]
+            row = self.split[index]
         except Exception as error:  # noqa: BLE001 - `datasets` decoding an image itself (decode=True)
-            return self._corrupt({"id": f"index-{index}"}, int(index), error)
-        return self.build_example(row, int(index))
+            return self._corrupt({"id": f"index-{index}"}, index, error)
+        return self.build_example(row, index, draw)
 
-    def build_example(self, row: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
-        """One example from one raw row (see the class docstring for its keys)."""
+    def build_example(self, row: Mapping[str, Any], index: int = 0, draw: int = 0) -> dict[str, Any]:
+        """One example from one raw row, its `draw`-th draw in the epoch (see the class docstring for its keys)."""
         row_id = row.get(ID_COLUMN)
         row_id = str(row_id) if row_id is not None else f"index-{index}"
         example: dict[str, Any] = {"id": row_id}
@@ -191,13 +233,13 @@ class RoadworkDataset(torch.utils.data.Dataset):
             example["view_features"] = torch.as_tensor(np.asarray(row[VIEW_FEATURES_COLUMN]), dtype=torch.float32)
         else:
             try:
-                image = self._prepare_image(row.get(IMAGE_COLUMN), index)
+                image = self._prepare_image(row.get(IMAGE_COLUMN), index, draw)
                 views = self.image_processor.extract_views(image)  # (V, S, S, 3) uint8
             except Exception as error:  # noqa: BLE001 - any undecodable image must not end a long run
                 return self._corrupt(example, index, error)
             masks = self._masks(row)
             if self.augmenter is not None and self.augmenter.enabled:
-                seed = _example_seed(self.seed, self.epoch, index, 0)
+                seed = _example_seed(self.seed, self.epoch, index, 0, draw)
                 if masks is not None:
                     views, masks = self._augment_with_masks(views, masks, seed)
                 else:
@@ -207,19 +249,34 @@ class RoadworkDataset(torch.utils.data.Dataset):
         if self.with_seg_masks:
             example["seg_masks"] = masks
 
-        example.update(self.metadata_parser(row))
+        example.update(self._metadata(row, index, draw))
         if row.get(TEXT_EMBEDS_COLUMN) is not None:
-            example["text_embeds"] = torch.as_tensor(np.asarray(row[TEXT_EMBEDS_COLUMN]), dtype=torch.float32)
+            text_embeds = torch.as_tensor(np.asarray(row[TEXT_EMBEDS_COLUMN]), dtype=torch.float32)
+            # A dropped description has no embedding: a zero row, as the collator gives a missing description.
+            example["text_embeds"] = text_embeds if example["description"] is not None else torch.zeros_like(text_embeds)
         return example
 
-    def _prepare_image(self, cell: Any, index: int) -> Any:
+    def _metadata(self, row: Mapping[str, Any], index: int, draw: int) -> dict[str, Any]:
+        """The row's encoded metadata, all missing without `use_metadata`, else after the seeded dropout."""
+        encoded = self.metadata_parser(row)
+        if not self.use_metadata:
+            return drop_metadata_fields(encoded)
+        if self.metadata_dropout == 0.0 and self.metadata_field_dropout == 0.0:
+            return encoded
+        rng = np.random.default_rng(_example_seed(self.seed, self.epoch, index, 2, draw))
+        if rng.random() < self.metadata_dropout:
+            return drop_metadata_fields(encoded)
+        dropped = [name for name in METADATA_FIELDS if rng.random() < self.metadata_field_dropout]
+        return drop_metadata_fields(encoded, dropped)
+
+    def _prepare_image(self, cell: Any, index: int, draw: int = 0) -> Any:
         """What the processor cuts views from: the raw cell, or the decoded image after the whole-image transform."""
         if cell is None:
             raise ValueError("the row has no image")
         if self.image_transform is None:
             return dict(cell) if isinstance(cell, Mapping) else cell
         image = self.image_processor.load_image(dict(cell) if isinstance(cell, Mapping) else cell)
-        return self.image_transform(image, seed=_example_seed(self.seed, self.epoch, index, 1))
+        return self.image_transform(image, seed=_example_seed(self.seed, self.epoch, index, 1, draw))
 
     def _masks(self, row: Mapping[str, Any]) -> np.ndarray | None:
         if not self.with_seg_masks or self.image_transform is not None:
@@ -379,4 +436,6 @@ __all__ = [
     "FORWARD_KEYS",
     "RoadworkDataCollator",
     "RoadworkDataset",
+    "decode_draw",
+    "encode_draw",
 ]

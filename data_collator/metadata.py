@@ -505,6 +505,25 @@ def collate_metadata(encoded: Sequence[Mapping[str, Any]]) -> dict[str, torch.Te
     return out
 
 
+# The metadata fields of an encoded row that serving never sends, each dropped as a whole (weather_labels is a
+# training target of the vision side, not an input, and is kept).
+METADATA_FIELDS = ("gps", "weather_ids", "daytime_ids", "scene_ids", "description")
+
+
+def drop_metadata_fields(encoded: dict[str, Any], fields: Iterable[str] = METADATA_FIELDS) -> dict[str, Any]:
+    """`encoded` (a [`RoadworkMetadataParser`] row) with `fields` set to missing: NaN GPS, NULL ids, no description."""
+    for name in fields:
+        if name == "gps":
+            encoded["gps"] = np.full(2, np.nan, dtype=np.float32)
+        elif name == "description":
+            encoded["description"] = None
+        elif name in ("weather_ids", "daytime_ids", "scene_ids"):
+            encoded[name] = NULL_ID
+        else:
+            raise ValueError(f"{name!r} is not a metadata field; use some of {METADATA_FIELDS}")
+    return encoded
+
+
 def null_metadata(batch_size: int) -> dict[str, torch.Tensor]:
     """All-missing metadata for `batch_size` rows, as at serving time: NaN GPS, NULL ids, -100 weather labels."""
     return {
@@ -521,6 +540,7 @@ __all__ = [
     "DESCRIPTION_COLUMN",
     "GPS_COLUMN",
     "IGNORE_INDEX",
+    "METADATA_FIELDS",
     "NULL_ID",
     "SCENE_COLUMN",
     "WEATHER_COLUMN",
@@ -529,6 +549,7 @@ __all__ = [
     "build_vocab",
     "clean_description",
     "collate_metadata",
+    "drop_metadata_fields",
     "encode",
     "encode_metadata",
     "normalize_category",

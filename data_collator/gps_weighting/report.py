@@ -241,7 +241,8 @@ def validate_gps_weighting(
     has = ~np.isnan(nearest_km)
 
     sampler = make_gps_sampler(weights, num_samples=config.num_validation_samples, seed=config.seed)
-    drawn = np.fromiter(iter(sampler), dtype=np.int64, count=config.num_validation_samples)
+    # The sampler encodes repeats of a row as row + k * N (see RoadworkWeightedSampler): the row is the remainder.
+    drawn = np.fromiter(iter(sampler), dtype=np.int64, count=config.num_validation_samples) % len(gps)
     drawn_km = nearest_km[drawn][has[drawn]]
     uniform_km = nearest_km[has]
 

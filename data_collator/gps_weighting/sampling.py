@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import WeightedRandomSampler
 
+from ..collator import encode_draw
 from .config import RoadworkGPSWeightingConfig, check_edges_and_weights
 from .geometry import ArrayLike, as_latlon, clean_gps, haversine_km, to_latlon, to_unit_vectors, valid_gps_mask
 
@@ -162,6 +163,19 @@ class RoadworkWeightedSampler(WeightedRandomSampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         self.generator.manual_seed(self.seed + self.epoch)
+
+    def __iter__(self):
+        """
+        Rows drawn with replacement, a repeat of a row in the epoch encoded as `row + k * N` (its `k`-th repeat;
+        [`~data_collator.collator.encode_draw`]), so that [`RoadworkDataset`] gives every draw its own augmentation
+        instead of identical pixels (a third of draws repeat a row with uniform weights, more with GPS weights).
+        """
+        num_rows = len(self.weights)
+        seen: dict[int, int] = {}
+        for row in super().__iter__():
+            draw = seen.get(row, 0)
+            seen[row] = draw + 1
+            yield encode_draw(row, draw, num_rows)
 
 
 def make_gps_sampler(weights: ArrayLike, num_samples: int | None = None, seed: int = 42) -> RoadworkWeightedSampler:

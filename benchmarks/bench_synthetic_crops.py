@@ -27,8 +27,9 @@ from transformers import HfArgumentParser
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_collator import RoadworkValidatorTransform, decode_image, decode_seg_masks  # noqa: E402
+from data_collator import RoadworkValidatorTransform, decode_seg_masks  # noqa: E402
 from data_collator.synthetic import SyntheticDatasetConfig, generate_row  # noqa: E402
+from modeling_roadwork import RoadworkImageProcessor  # noqa: E402
 
 
 @dataclass
@@ -89,11 +90,12 @@ def crop_object_share(
     transform = transform or RoadworkValidatorTransform()
     config = SyntheticDatasetConfig(num_train=0, num_test=num_test, seed=seed, mask_rate=1.0)
     visible, levels, retained, per_scene = [], [], [], []
+    processor = RoadworkImageProcessor()  # its decoder: the image as training and serving see it
     for index in range(num_test):
         row = generate_row(config, "test", index)  # mask_rate only decides which rows keep masks: same scenes
         if row["label"] != 1:
             continue
-        image = decode_image(row["image"])
+        image = processor.load_image(row["image"])
         coverage = object_coverage(row)
         whole = coverage.sum() * (transform.target_size / coverage.shape[0]) ** 2  # all objects, whole image at 224
         scene_hits = []

@@ -230,7 +230,6 @@ def test_train_builds_a_timm_name_plus_weights_backbone_from_yaml(tmp_path):
         f"backbone_kwargs:\n  model_args: {json.dumps(MODEL_ARGS)}\n  pretrained_cfg: {json.dumps(NON_IMAGENET)}\n"
         f"model_overrides: {json.dumps(HEAD)}\noutput_dir: {tmp_path / 'out'}\n"
     )
-    model_args, *_ = train.parse_args(["--config", str(config)])
-    model = train.build_model(model_args, {})
+    model = train.build_model(train.parse_args(["--config", str(config)]).model, {})
     assert model.config.backbone_config.architecture == ARCH and model.config.image_std == [0.5] * 3
     assert RoadworkImageProcessor.from_model_config(model.config).image_std == [0.5] * 3

@@ -49,9 +49,12 @@ TINY_ARGS = [
     "--per_device_train_batch_size", str(BATCH), "--dataloader_num_workers", "0",
     "--logging_steps", "1", "--disable_tqdm", "true",
 ]  # fmt: skip
+_NUMBER = r"-?\d+\.\d{4}|undefined \(one class\)|-"
 SUMMARY_RE = re.compile(
-    r"^roadwork: best validation MCC (?P<best>-?\d+\.\d{4}|nan) at epoch (?P<epoch>\d+\.\d{2}|nan); "
-    r"test MCC (?P<test>-?\d+\.\d{4}|nan); wall time (?P<minutes>\d+\.\d) min; checkpoint (?P<checkpoint>.+)$",
+    rf"^roadwork: best validation serving_mcc (?P<best>{_NUMBER}) at epoch (?P<epoch>\d+\.\d{{2}}|nan); "
+    rf"test MCC serving (?P<serving>{_NUMBER}) \| no_metadata (?P<no_metadata>{_NUMBER}) \| metadata "
+    rf"(?P<metadata>{_NUMBER}); test reward \(serving\) (?P<reward>{_NUMBER}); wall time (?P<minutes>\d+\.\d) min; "
+    r"checkpoint (?P<checkpoint>.+)$",
     re.MULTILINE,
 )
 # log_history keys that measure time, not training.
@@ -147,7 +150,9 @@ def test_help_documents_every_flag(train_env):
     result = run_script([sys.executable, str(TRAIN_SCRIPT), "--help"], train_env, REPO, timeout=120)
     help_text = _squash(result.stdout)
     documented = []
-    for group in (train.ModelArguments, train.DataArguments, train.GPSArguments, train.RunArguments):
+    groups = (train.ModelArguments, train.DataArguments, train.SyntheticArguments, train.AugmentationArguments,
+              train.GPSConfigArguments, train.RunArguments)  # fmt: skip
+    for group in groups:
         for f in fields(group):
             text = f.metadata.get("help", "")
             assert text.strip(), f"{group.__name__}.{f.name} has no help text"
@@ -162,41 +167,43 @@ def test_help_documents_every_flag(train_env):
 
 
 def test_command_line_overrides_yaml():
-    model, data, gps, run, training = train.parse_args(
+    args = train.parse_args(
         [
-            "--config", str(QUICKSTART), "--learning_rate", "5e-4", "--augmentation", "none",
+            "--config", str(QUICKSTART), "--learning_rate", "5e-4", "--augmentation_strength", "none",
             "--gps_bracket_weights", "1", "2", "3", "4", "--gps_weighting", "false", "--early_stopping_patience", "2",
             "--model_overrides", '{"hidden_size": 64}',
         ]
     )  # fmt: skip
+    model, data, gps, run, training = args.model, args.data, args.gps, args.run, args.training
     # Overridden on the command line (quickstart.yaml: 1e-3, light, [5, 2.5, 1, 0.3], true, 5, hidden_size 128).
     assert training.learning_rate == 5e-4
-    assert data.augmentation == "none"
-    assert gps.gps_bracket_weights == [1.0, 2.0, 3.0, 4.0]
-    assert gps.gps_weighting is False
+    assert args.augmentation.strength == "none"
+    assert gps.bracket_weights == [1.0, 2.0, 3.0, 4.0]
+    assert run.gps_weighting is False
     assert run.early_stopping_patience == 2
     overrides = json.loads(model.model_overrides)
     assert overrides["hidden_size"] == 64 and overrides["view_size"] == 64, "merged into the YAML's mapping"
     # Not overridden: the YAML values, including YAML mappings passed on as JSON.
     assert training.seed == 42 and training.num_train_epochs == 4 and training.per_device_train_batch_size == 16
-    assert data.dataset == "synthetic" and data.synthetic_num_train == 240 and data.validation_fraction == 0.15
+    assert data.dataset == "synthetic" and data.validation_fraction == 0.15
+    assert args.synthetic.num_train == train.SyntheticDatasetConfig().num_train
     assert training.output_dir == "outputs/quickstart" and training.load_best_model_at_end is True
     backbone = json.loads(model.backbone_config)
     assert backbone["model_type"] == "dinov3_vit" and backbone["num_register_tokens"] == 4
     # Without the config file: the dataclass defaults.
-    _, data_default, *_ = train.parse_args(["--output_dir", "x"])
-    assert data_default.augmentation == "heavy" and data_default.dataset == "natix-network-org/roadwork"
+    default = train.parse_args(["--output_dir", "x"])
+    assert default.augmentation.strength == "heavy" and default.data.dataset == "natix-network-org/roadwork"
 
 
 def test_yaml_lists_and_their_command_line_override(tmp_path):
     config = tmp_path / "lists.yaml"
     lists = "gps_bracket_edges_km: [40, 150, 400]\ngps_bracket_weights: [6, 2.5, 1, 0.25]\n"
     config.write_text(QUICKSTART.read_text() + "\n" + lists)  # ints on purpose: they must arrive as floats
-    _, _, gps, _, _ = train.parse_args(["--config", str(config)])
-    assert gps.gps_bracket_edges_km == [40.0, 150.0, 400.0] and gps.gps_bracket_weights == [6.0, 2.5, 1.0, 0.25]
-    assert all(isinstance(v, float) for v in gps.gps_bracket_edges_km + gps.gps_bracket_weights)
-    _, _, gps, _, _ = train.parse_args(["--config", str(config), "--gps_bracket_weights", "1", "2", "3", "4"])
-    assert gps.gps_bracket_weights == [1.0, 2.0, 3.0, 4.0] and gps.gps_bracket_edges_km == [40.0, 150.0, 400.0]
+    gps = train.parse_args(["--config", str(config)]).gps
+    assert gps.bracket_edges_km == [40.0, 150.0, 400.0] and gps.bracket_weights == [6.0, 2.5, 1.0, 0.25]
+    assert all(isinstance(v, float) for v in gps.bracket_edges_km + gps.bracket_weights)
+    gps = train.parse_args(["--config", str(config), "--gps_bracket_weights", "1", "2", "3", "4"]).gps
+    assert gps.bracket_weights == [1.0, 2.0, 3.0, 4.0] and gps.bracket_edges_km == [40.0, 150.0, 400.0]
 
 
 def test_unknown_yaml_key_exits_naming_it(tmp_path):
@@ -225,7 +232,7 @@ import builtins, io, json, os, runpy, sys
 sys.path.insert(0, {repo!r})
 from transformers import PreTrainedModel
 import data_collator
-import data_collator.training
+import roadwork_training
 
 rank = int(os.environ.get("RANK", "0"))
 out = os.path.abspath(sys.argv[sys.argv.index("--output_dir") + 1])
@@ -240,7 +247,7 @@ class IdCollator(data_collator.RoadworkDataCollator):
         return batch
 
 
-class RecordingTrainer(data_collator.training.RoadworkTrainer):
+class RecordingTrainer(roadwork_training.RoadworkTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         trainers.append(self)
@@ -276,7 +283,7 @@ def recording_save_pretrained(self, save_directory, *args, **kwargs):
 builtins.open = io.open = recording_open
 PreTrainedModel.save_pretrained = recording_save_pretrained
 data_collator.RoadworkDataCollator = IdCollator  # train.py imports both names from these modules
-data_collator.training.RoadworkTrainer = RecordingTrainer
+roadwork_training.RoadworkTrainer = RecordingTrainer
 sys.argv[0] = {script!r}
 try:
     runpy.run_path({script!r}, run_name="__main__")
@@ -289,7 +296,7 @@ finally:
         record["sampler_ids"] = []
         for epoch in range(4):
             sampler.set_epoch(epoch)
-            record["sampler_ids"].append([ids[i] for i in sampler])
+            record["sampler_ids"].append([ids[i % len(ids)] for i in sampler])  # repeats come as row + k * N
     with open(os.path.join(os.environ["ROADWORK_TEST_RANK_LOG"], f"rank{{rank}}.json"), "w") as f:
         json.dump(record, f)
 '''
@@ -313,7 +320,7 @@ def test_two_processes_train_on_different_batches_and_save_once(train_env, tmp_p
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()),
-        str(logger_script), *TINY_ARGS, "--augmentation", "none", "--max_steps", str(max_steps),
+        str(logger_script), *TINY_ARGS, "--augmentation_strength", "none", "--max_steps", str(max_steps),
         "--eval_strategy", "steps", "--eval_steps", "4", "--save_strategy", "steps", "--save_steps", "4",
         "--output_dir", str(out),
     ]  # fmt: skip
@@ -391,7 +398,7 @@ def test_resumed_run_matches_uninterrupted_run(uninterrupted_run, train_env, tmp
     assert [e["step"] for e in resumed_history] == [e["step"] for e in full_history]
     assert [e["step"] for e in full_history if "loss" in e] == list(range(1, 13))
     # Evaluations every 4 steps, then train.py's final one (of the best model).
-    assert [e["step"] for e in full_history if "eval_mcc" in e] == [4, 8, 12, 12]
+    assert [e["step"] for e in full_history if "eval_serving_mcc" in e] == [4, 8, 12]
     max_difference = 0.0
     for expected, actual in zip(full_history, resumed_history):
         expected, actual = without_timings(expected), without_timings(actual)
@@ -412,7 +419,8 @@ def test_resumed_run_matches_uninterrupted_run(uninterrupted_run, train_env, tmp
 
     full_results, resumed_results = read_json(full / "all_results.json"), read_json(resumed / "all_results.json")
     assert without_timings(full_results).keys() == without_timings(resumed_results).keys()
-    for key in ("validation_mcc", "validation_loss", "test_mcc", "test_loss", "test_accuracy", "test_roc_auc"):
+    for key in ("validation_serving_mcc", "validation_metadata_loss", "test_serving_mcc", "test_no_metadata_loss",
+                "test_metadata_accuracy", "test_serving_roc_auc"):  # fmt: skip
         assert resumed_results[key] == pytest.approx(full_results[key], abs=RESUME_ATOL), key
 
     # The weights after the last step, not only the (possibly earlier) best model that the final metrics use.
@@ -432,19 +440,24 @@ def test_summary_line_and_output_folder(uninterrupted_run, roadwork_cache, fresh
     matches = list(SUMMARY_RE.finditer(uninterrupted_run.stdout))
     assert len(matches) == 1, uninterrupted_run.stdout[-2000:]
     summary = matches[0]
-    evals = [e for e in log_history(out) if "eval_mcc" in e]
-    best = max(evals, key=lambda e: e["eval_mcc"])
+    evals = [e for e in log_history(out) if "eval_serving_mcc" in e]
+    best = max(evals, key=lambda e: e["eval_serving_mcc"])
     results = read_json(out / "all_results.json")
-    assert summary["best"] == f"{best['eval_mcc']:.4f}" and summary["epoch"] == f"{best['epoch']:.2f}"
-    assert summary["test"] == f"{results['test_mcc']:.4f}"
+    assert summary["best"] == f"{best['eval_serving_mcc']:.4f}" and summary["epoch"] == f"{best['epoch']:.2f}"
+    for condition in ("serving", "no_metadata", "metadata"):
+        assert summary[condition] == f"{results[f'test_{condition}_mcc']:.4f}", condition
+    assert summary["reward"] == f"{results['test_serving_streetvision_reward']:.4f}"
+    # all_results.json leads with the serving condition, split by split.
+    keys = list(results)
+    assert keys[0].startswith("validation_serving_") and keys.index("test_serving_mcc") < keys.index("test_metadata_mcc")
     assert 0 < float(summary["minutes"]) < 30
     assert Path(summary["checkpoint"]) == out.resolve()
 
     # The folder: model, processor, vocabularies, GPS report and plots.
     config = read_json(out / "config.json")
-    _, data_args, *_ = train.parse_args(TINY_ARGS)
-    data_args.synthetic_dir = str(roadwork_cache / "synthetic")
-    *_, vocabularies = train.load_data(data_args, seed=42)
+    args = train.parse_args(TINY_ARGS)
+    args.data.synthetic_dir = str(roadwork_cache / "synthetic")
+    _, vocabularies = train.load_data(args.data, 42, args.synthetic)
     for name in ("weather_vocab", "daytime_vocab", "scene_vocab"):
         assert config[name] == vocabularies[name] and config[name], name
     assert config["id2label"] == {"0": "None", "1": "Roadwork"}
@@ -486,7 +499,7 @@ def test_push_to_hub_model_card_and_parity(hub, roadwork_cache, tmp_path, monkey
     monkeypatch.setenv("ROADWORK_CACHE", str(roadwork_cache))
     repo_id, out = hub.unique_repo_id("roadwork-test"), tmp_path / "run"
     args = [
-        *TINY_ARGS, "--augmentation", "none", "--max_steps", "2", "--output_dir", str(out),
+        *TINY_ARGS, "--augmentation_strength", "none", "--max_steps", "2", "--output_dir", str(out),
         "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
         "--push_to_hub", "--hub_model_id", repo_id,
     ]  # fmt: skip
@@ -508,9 +521,11 @@ def test_push_to_hub_model_card_and_parity(hub, roadwork_cache, tmp_path, monkey
     card = hub.read(repo_id, "README.md").decode()
     assert card == (out / "README.md").read_text()
     results = read_json(out / "all_results.json")
-    assert "| metric | value |" in card
-    for key in ("test_mcc", "test_accuracy", "validation_mcc", "validation_loss"):
-        assert f"| {key} | {results[key]:.4f} |" in card, key
+    assert "| metric | serving | no_metadata | metadata |" in card
+    for split in ("validation", "test"):
+        for name in ("mcc", "accuracy"):
+            row = " | ".join(f"{results[f'{split}_{c}_{name}']:.4f}" for c in ("serving", "no_metadata", "metadata"))
+            assert f"| {name} | {row} |" in card, (split, name)
     licence = card.split("## Licence note", 1)[-1]
     assert "## Licence note" in card and re.search(r"DINOv3\s+License", licence), "no DINOv3 licence note"
     snippet = re.search(r"## Load\s+```python\n(.*?)```", card, re.DOTALL)
@@ -570,9 +585,9 @@ def test_push_to_hub_model_card_and_parity(hub, roadwork_cache, tmp_path, monkey
 # 7. GPS weighting gate
 # ----------------------------------------------------------------------------------------------------------------
 
-# With 4 centres the tiny synthetic data passes the plan's criteria with the default weights, and fails them when
+# With 4 centres the tiny synthetic data passes the GPS criteria with the default weights, and fails them when
 # rows beyond 500 km are favoured a thousandfold.
-ABSURD_GPS = ["--gps_clusters", "4", "--gps_bracket_weights", "0.01", "0.01", "0.01", "10"]
+ABSURD_GPS = ["--gps_num_clusters", "4", "--gps_bracket_weights", "0.01", "0.01", "0.01", "10"]
 
 
 class _TrainerSpy:
@@ -597,7 +612,8 @@ def test_gps_criteria_failure_stops_before_training(roadwork_cache, tmp_path, mo
     with pytest.raises(SystemExit) as excinfo:
         train.main([*TINY_ARGS, *ABSURD_GPS, "--output_dir", str(out)])
     message = str(excinfo.value)
-    assert "GPS weighting misses the plan's criteria" in message
+    assert "GPS weighting misses its criteria" in message
+    assert "--gps_min_fraction_within_50km" in message, "the criteria are flags the message names"
     assert "min_fraction_within_50km" in message and "within 50 km" in message
     assert "--allow_weak_gps_weighting" in message
     assert spy.created == [], "a trainer was built"
@@ -605,10 +621,14 @@ def test_gps_criteria_failure_stops_before_training(roadwork_cache, tmp_path, mo
     assert read_json(out / "gps_weighting" / "gps_report.json")["passed"] is False
 
     # Control: the same centres with the default weights pass, so the weights are what failed.
-    _, data_args, gps_args, _, training_args = train.parse_args([*TINY_ARGS, "--gps_clusters", "4"])
-    train_split, _, test_split, _ = train.load_data(data_args, training_args.seed)
-    weights = train.gps_sample_weights(gps_args, train_split, test_split, str(tmp_path / "control"), 42, False)
-    assert weights is not None and len(weights) == len(train_split)
+    args = train.parse_args([*TINY_ARGS, "--gps_num_clusters", "4"])
+    splits, _ = train.load_data(args.data, args.training.seed, args.synthetic)
+    weights = train.gps_sample_weights(args.gps, splits["train"], splits["test"], str(tmp_path / "control"))
+    assert weights is not None and len(weights) == len(splits["train"])
+    # Relaxing the criterion the report names is the other way out: the absurd weights then pass.
+    relaxed = train.parse_args([*TINY_ARGS, *ABSURD_GPS, "--gps_min_fraction_within_50km", "0",
+                                "--gps_min_fraction_within_100km", "0", "--gps_max_mean_distance_km", "100000"])  # fmt: skip
+    assert train.gps_sample_weights(relaxed.gps, splits["train"], splits["test"], None) is not None
 
 
 @pytest.mark.slow
@@ -617,7 +637,7 @@ def test_allow_weak_gps_weighting_trains(roadwork_cache, tmp_path, monkeypatch, 
     spy = _TrainerSpy(monkeypatch)
     out = tmp_path / "run"
     args = [
-        *TINY_ARGS, *ABSURD_GPS, "--allow_weak_gps_weighting", "--augmentation", "none", "--max_steps", "1",
+        *TINY_ARGS, *ABSURD_GPS, "--allow_weak_gps_weighting", "--augmentation_strength", "none", "--max_steps", "1",
         "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
         "--output_dir", str(out),
     ]  # fmt: skip
@@ -627,7 +647,7 @@ def test_allow_weak_gps_weighting_trains(roadwork_cache, tmp_path, monkeypatch, 
     assert read_json(out / "trainer_state.json")["global_step"] == 1
     assert (out / "model.safetensors").is_file()
     assert read_json(out / "gps_weighting" / "gps_report.json")["passed"] is False
-    assert math.isfinite(summary["metrics"]["test_loss"])
+    assert math.isfinite(summary["metrics"]["test_serving_loss"])
     assert SUMMARY_RE.search(capsys.readouterr().out)
 
 
@@ -651,7 +671,7 @@ def test_each_loss_component_is_logged_with_its_skip_rate(uninterrupted_run):
 
 
 def test_model_overrides_from_the_command_line_merge_into_the_yaml_and_typos_are_rejected():
-    model_args, *_ = train.parse_args(["--config", str(QUICKSTART), "--model_overrides", '{"num_attention_layers": 3}'])
+    model_args = train.parse_args(["--config", str(QUICKSTART), "--model_overrides", '{"num_attention_layers": 3}']).model
     overrides = json.loads(model_args.model_overrides)
     assert overrides["num_attention_layers"] == 3
     assert overrides["view_size"] == 64, "the YAML's other overrides stay"

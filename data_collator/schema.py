@@ -42,6 +42,7 @@ from .metadata import (
     parse_tag_list,
 )
 
+
 logger = logging.getLogger(__name__)
 
 ROADWORK_HUB_ID = "natix-network-org/roadwork"

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
+
 # The loss components, in the order they are logged. Each is an output field of `RoadworkImageClassifierOutput`
 # and has a weight in the config field `LOSS_WEIGHT_FIELDS[name]` (`focal_loss` -> `focal_loss_weight`).
 LOSS_COMPONENTS = ("focal_loss", "consistency_loss", "weather_loss", "seg_loss")

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_collator import RoadworkDataset, build_vocabularies, ensure_synthetic_dataset, gps_array, labels_array, load_roadwork_splits
+from data_collator import (
+    RoadworkDataset,
+    build_vocabularies,
+    ensure_synthetic_dataset,
+    gps_array,
+    labels_array,
+    load_roadwork_splits,
+)
 from data_collator.gps_weighting import RoadworkGPSWeightingConfig, prepare_gps_weighting
 from data_collator.schema import ROADWORK_HUB_ID, SEG_MASKS_COLUMN, get_column
 from data_collator.synthetic import SyntheticDatasetConfig

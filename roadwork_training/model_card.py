@@ -6,7 +6,6 @@ import json
 import os
 from collections.abc import Mapping
 
-
 from data_collator.schema import ROADWORK_HUB_ID
 
 from .metrics import CONDITIONS, condition_table, format_metric

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+
 try:  # tests/ may or may not become a package
     from .hub_server import HubServer
 except ImportError:

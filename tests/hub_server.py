@@ -59,6 +59,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+
 __all__ = ["HubServer", "HubStore", "HubError", "git_blob_sha1"]
 
 # URL segment after /api/ -> repo type, and repo type -> prefix used in web/resolve URLs.

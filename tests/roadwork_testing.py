@@ -7,6 +7,7 @@ from transformers import DINOv3ViTConfig, TimmWrapperConfig
 
 from modeling_roadwork import RoadworkConfig
 
+
 VIEW_SIZE = 32
 
 

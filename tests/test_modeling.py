@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from roadwork_testing import BLOCK_PROJECT_IMPORTS, VIEW_SIZE, metadata_inputs, pixel_inputs, tiny_config, tiny_dinov3_config, tiny_timm_config
+from roadwork_testing import (
+    BLOCK_PROJECT_IMPORTS,
+    VIEW_SIZE,
+    metadata_inputs,
+    pixel_inputs,
+    tiny_config,
+    tiny_dinov3_config,
+    tiny_timm_config,
+)
 from transformers import DINOv3ViTModel
 
 import modeling_roadwork

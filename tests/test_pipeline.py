@@ -10,8 +10,7 @@ import torch
 from PIL import Image
 from roadwork_testing import BLOCK_PROJECT_IMPORTS, VIEW_SIZE, tiny_config
 
-from modeling_roadwork import RoadworkForImageClassification
-from modeling_roadwork import RoadworkImageProcessor
+from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor
 
 
 def test_pipeline_contract_from_a_fresh_process(tmp_path, fresh_python):

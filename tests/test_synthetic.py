@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_collator.metadata import parse_gps, parse_tag_list
 from data_collator.schema import ROADWORK_COLUMNS, decode_seg_masks, gps_array, load_roadwork_splits
 from data_collator.synthetic import (
     CITIES,
@@ -18,7 +19,6 @@ from data_collator.synthetic import (
     generate_row,
     main,
 )
-from data_collator.metadata import parse_gps, parse_tag_list
 from data_collator.synthetic.dataset import _MALFORMED_GPS
 
 

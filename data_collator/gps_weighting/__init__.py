@@ -35,6 +35,7 @@ from .report import (
 )
 from .sampling import RoadworkWeightedSampler, fit_gps_centres, gps_weights, make_gps_sampler, weights_for_distances
 
+
 __all__ = [
     "EARTH_RADIUS_KM",
     "US_CITIES",

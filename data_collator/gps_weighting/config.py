@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+
 # Radii of the pass criteria `min_fraction_within_50km` and `min_fraction_within_100km`.
 NEAR_KM = 50.0
 REGION_KM = 100.0

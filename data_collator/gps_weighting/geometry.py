@@ -9,6 +9,7 @@ from typing import Union
 
 import numpy as np
 
+
 # Mean earth radius (IUGG). The spherical model is within ~0.5% of the WGS84 geodesic.
 EARTH_RADIUS_KM = 6371.0088
 

@@ -23,6 +23,7 @@ from .sampling import (
     weights_for_distances,
 )
 
+
 logger = logging.getLogger(__name__)
 
 # Factors tried when suggesting a weight change for a failed criterion.

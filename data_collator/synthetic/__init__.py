@@ -18,6 +18,7 @@ from .dataset import (
 )
 from .scene import describe_scene, render_scene
 
+
 __all__ = [
     "CITIES",
     "MANIFEST_NAME",

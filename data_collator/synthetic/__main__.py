@@ -2,6 +2,7 @@
 
 from .dataset import main
 
+
 if __name__ == "__main__":
     main()
 

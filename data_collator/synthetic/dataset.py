@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..schema import SEG_MASKS_COLUMN, encode_seg_masks
 from .scene import describe_scene, render_scene
 
+
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_VERSION = 1

@@ -19,6 +19,7 @@ from modeling_roadwork.configuration_roadwork import DEFAULT_SEG_CLASSES
 
 from ..schema import SEG_MASK_SIZE
 
+
 _MASK_CANVAS = 128  # masks are drawn at this resolution, then box-filtered to SEG_MASK_SIZE (soft coverage)
 OBJECT_WEIGHTS = {"cone": 0.34, "barrier": 0.2, "sign": 0.14, "worker": 0.12, "vehicle": 0.08, "equipment": 0.12}
 # Real-world heights in metres; the road is 7 m wide, which fixes the pixels per metre at each depth.

@@ -1,7 +1,7 @@
 """Draw the 12 view boxes of RoadworkImageProcessor on an image and write docs/view_boxes.png.
 
-    python benchmarks/draw_view_boxes.py                      # synthetic 4032x3024 street scene
-    python benchmarks/draw_view_boxes.py --image photo.jpg    # any photo (EXIF orientation applied)
+    python docs/draw_view_boxes.py                      # synthetic 4032x3024 street scene
+    python docs/draw_view_boxes.py --image photo.jpg    # any photo (EXIF orientation applied)
 
 Two panels side by side, since the 12 boxes overlap: left the global view and the 3x3 tiles, right the global
 view, the centre square and the right-hand square.

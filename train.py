@@ -221,7 +221,10 @@ def _summary(trainer: RoadworkTrainer, metrics: dict, seconds: float, output_dir
         f"{format_metric(metrics.get(f'test_{PRIMARY_CONDITION}_streetvision_reward'), 'streetvision_reward')}; "
         f"wall time {seconds / 60:.1f} min; checkpoint {os.path.abspath(output_dir)}"
     )
-    return {"line": line, "best_metric": best_value, "best_epoch": best.get("epoch"), "metrics": metrics}
+    return {
+        "line": line, "best_metric": best_value, "best_epoch": best.get("epoch"), "metrics": metrics,
+        "output_dir": os.path.abspath(output_dir),
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -270,15 +270,20 @@ class RoadworkModel(RoadworkPreTrainedModel):
         B, V = pixel_values.shape[:2]
         if V != self.config.num_views:
             raise ValueError(f"pixel_values has {V} views but config.num_views={self.config.num_views}")
-        flat = pixel_values.flatten(0, 1)  # (B*V, 3, S, S)
-        chunk = self.config.backbone_batch_size or flat.shape[0]
+        return self.embed_images(pixel_values.flatten(0, 1)).view(B, V, -1)  # (B*V, D) -> (B, V, D)
+
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        The backbone's pooled vector of each image, in chunks of `backbone_batch_size`, with the frozen backbone's
+        no-grad and autocast contexts. Also what a linear probe on one view reads. (N, 3, S, S) -> (N, D) float32
+        """
+        chunk = self.config.backbone_batch_size or max(pixel_values.shape[0], 1)
         outputs = []
-        grad_context, autocast = self._backbone_contexts(flat.device)
+        grad_context, autocast = self._backbone_contexts(pixel_values.device)
         with grad_context, autocast:
-            for start in range(0, flat.shape[0], chunk):
-                outputs.append(self.backbone(pixel_values=flat[start : start + chunk]).pooler_output)
-        features = torch.cat(outputs).float()
-        return features.view(B, V, -1)  # (B*V, D) -> (B, V, D)
+            for start in range(0, pixel_values.shape[0], chunk):
+                outputs.append(self.backbone(pixel_values=pixel_values[start : start + chunk]).pooler_output)
+        return torch.cat(outputs).float()
 
     def forward(
         self, pixel_values: torch.Tensor | None = None, view_features: torch.Tensor | None = None

@@ -1,0 +1,115 @@
+"""Serving-condition quality of a roadwork checkpoint, against a linear probe on the same frozen backbone.
+
+    python benchmarks/bench_serving.py                          # trains the quickstart (configs/quickstart.yaml)
+    python benchmarks/bench_serving.py --checkpoint outputs/quickstart
+    python benchmarks/bench_serving.py --checkpoint DIR --dataset DATA_DIR --split test
+
+Prints MCC of the model under the three conditions (serving: no metadata + the validators' challenge transform;
+no_metadata: the full image; metadata: as stored) on the test split, the same for a logistic-regression probe on the
+backbone's pooled feature of one 224x224 view (the whole image), and a last JSON line
+`{"name": "serving_mcc", "value": <model serving MCC>, "target": 0.6, "probe_serving_mcc": ..., ...}`.
+The synthetic test split is balanced 50/50, as the validators' challenges are; half of their challenges are SDXL images,
+which no split here contains.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from transformers import HfArgumentParser, set_seed  # noqa: E402
+
+from data_collator import ensure_synthetic_dataset, load_roadwork_splits  # noqa: E402
+from data_collator.synthetic import SyntheticDatasetConfig  # noqa: E402
+from modeling_roadwork import RoadworkForImageClassification  # noqa: E402
+from roadwork_training.build import stratified_subset  # noqa: E402
+from roadwork_training.evaluation import evaluate_conditions, label_balance, linear_probe_baseline  # noqa: E402
+from roadwork_training.metrics import CONDITIONS, format_metric  # noqa: E402
+
+
+TARGET_SERVING_MCC = 0.6
+
+
+@dataclass
+class BenchArguments:
+    checkpoint: str | None = field(
+        default=None, metadata={"help": "A trained roadwork checkpoint; without one the quickstart is trained first."}
+    )
+    config: str = field(
+        default=str(REPO / "configs" / "quickstart.yaml"),
+        metadata={"help": "train.py config to train when no --checkpoint is given."},
+    )
+    train_args: str = field(
+        default="",
+        metadata={"help": "Extra train.py flags, one quoted string, e.g. --train_args '--num_train_epochs 2'."},
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Parquet folder to evaluate on (default: the bundled synthetic dataset of the config)."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split the probe is fitted on."})
+    split: str = field(default="test", metadata={"help": "Split evaluated."})
+    max_samples: int | None = field(default=None, metadata={"help": "Seeded stratified subset of each split."})
+    seed: int = field(default=42, metadata={"help": "Seed of the serving challenges and of the probe."})
+    probe_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the probe's logistic regression."})
+    batch_size: int = field(default=16, metadata={"help": "Evaluation batch size."})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(args=argv)
+    train_args = shlex.split(args.train_args)
+    set_seed(args.seed)
+    started = time.time()
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        import train
+
+        summary = train.main(["--config", args.config, *train_args])
+        checkpoint = summary["output_dir"]
+    model = RoadworkForImageClassification.from_pretrained(checkpoint).eval()
+    source = args.dataset or str(ensure_synthetic_dataset(None, _synthetic_config(args.config, train_args)))
+    splits = load_roadwork_splits(source, splits=[args.train_split, args.split])
+    train_split = stratified_subset(splits[args.train_split], args.max_samples, args.seed)
+    eval_split = stratified_subset(splits[args.split], args.max_samples, args.seed)
+
+    model_metrics = evaluate_conditions(model, eval_split, seed=args.seed, batch_size=args.batch_size)
+    probe_metrics = linear_probe_baseline(model, train_split, eval_split, seed=args.seed, c=args.probe_c,
+                                          batch_size=args.batch_size)  # fmt: skip
+    print(f"{checkpoint} on {source} [{args.split}: {len(eval_split)} rows, {label_balance(eval_split)}]")
+    print(f"{'':>24} " + " ".join(f"{c:>12}" for c in CONDITIONS))
+    for name, metrics in (("multi-view model MCC", model_metrics), ("single-view probe MCC", probe_metrics)):
+        print(f"{name:>24} " + " ".join(f"{format_metric(metrics.get(f'{c}_mcc'), 'mcc'):>12}" for c in CONDITIONS))
+    result = {
+        "name": "serving_mcc",
+        "value": model_metrics.get("serving_mcc"),
+        "target": TARGET_SERVING_MCC,
+        **{f"model_{c}_mcc": model_metrics.get(f"{c}_mcc") for c in CONDITIONS},
+        **{f"probe_{c}_mcc": probe_metrics.get(f"{c}_mcc") for c in CONDITIONS},
+        "model_serving_reward": model_metrics.get("serving_streetvision_reward"),
+        "probe_serving_reward": probe_metrics.get("serving_streetvision_reward"),
+        "rows": len(eval_split),
+        "checkpoint": str(checkpoint),
+        "dataset": source,
+        "seconds": round(time.time() - started, 1),
+    }
+    print(json.dumps(result))
+    return result
+
+
+def _synthetic_config(config: str, train_args: list[str]) -> SyntheticDatasetConfig:
+    """The synthetic dataset the train.py config (and extra flags) describes."""
+    import train
+
+    return train.parse_args(["--config", config, *train_args]).synthetic
+
+
+if __name__ == "__main__":
+    main()

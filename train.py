@@ -215,8 +215,9 @@ def _summary(trainer: RoadworkTrainer, metrics: dict, seconds: float, output_dir
     best = best_evaluation(trainer.state.log_history, metric)
     best_value = best.get(f"eval_{metric.removeprefix('eval_')}")
     test = " | ".join(f"{c} {format_metric(metrics.get(f'test_{c}_mcc'), 'mcc')}" for c in CONDITIONS)
+    best_text = "not evaluated" if not best else format_metric(best_value, "mcc")
     line = (
-        f"roadwork: best validation {metric.removeprefix('eval_')} {format_metric(best_value, 'mcc')} at epoch "
+        f"roadwork: best validation {metric.removeprefix('eval_')} {best_text} at epoch "
         f"{best.get('epoch', float('nan')):.2f}; test MCC {test}; test reward ({PRIMARY_CONDITION}) "
         f"{format_metric(metrics.get(f'test_{PRIMARY_CONDITION}_streetvision_reward'), 'streetvision_reward')}; "
         f"wall time {seconds / 60:.1f} min; checkpoint {os.path.abspath(output_dir)}"

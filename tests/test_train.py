@@ -49,7 +49,7 @@ TINY_ARGS = [
     "--per_device_train_batch_size", str(BATCH), "--dataloader_num_workers", "0",
     "--logging_steps", "1", "--disable_tqdm", "true",
 ]  # fmt: skip
-_NUMBER = r"-?\d+\.\d{4}|undefined \(one class\)|-"
+_NUMBER = r"-?\d+\.\d{4}|undefined \(one class\)|not evaluated|-"
 SUMMARY_RE = re.compile(
     rf"^roadwork: best validation serving_mcc (?P<best>{_NUMBER}) at epoch (?P<epoch>\d+\.\d{{2}}|nan); "
     rf"test MCC serving (?P<serving>{_NUMBER}) \| no_metadata (?P<no_metadata>{_NUMBER}) \| metadata "

@@ -35,9 +35,11 @@ from modeling_roadwork.configuration_roadwork import DEFAULT_SEG_CLASSES
 
 from .augmentation import RoadworkValidatorTransform, RoadworkViewAugmenter, build_augmentation
 from .metadata import (
+    DESCRIPTION_COLUMN,
     METADATA_FIELDS,
     RoadworkMetadataParser,
     RoadworkParseReport,
+    clean_description,
     collate_metadata,
     drop_metadata_fields,
 )
@@ -252,8 +254,10 @@ class RoadworkDataset(torch.utils.data.Dataset):
         example.update(self._metadata(row, index, draw))
         if row.get(TEXT_EMBEDS_COLUMN) is not None:
             text_embeds = torch.as_tensor(np.asarray(row[TEXT_EMBEDS_COLUMN]), dtype=torch.float32)
-            # A dropped description has no embedding: a zero row, as the collator gives a missing description.
-            example["text_embeds"] = text_embeds if example["description"] is not None else torch.zeros_like(text_embeds)
+            # A description dropped here (metadata dropout, no_metadata) takes its cached embedding with it: a zero
+            # row, as the collator gives a missing description.
+            dropped = example["description"] is None and clean_description(row.get(DESCRIPTION_COLUMN)) is not None
+            example["text_embeds"] = torch.zeros_like(text_embeds) if dropped else text_embeds
         return example
 
     def _metadata(self, row: Mapping[str, Any], index: int, draw: int) -> dict[str, Any]:

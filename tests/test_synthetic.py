@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from data_collator.metadata import parse_gps, parse_tag_list
-from data_collator.schema import ROADWORK_COLUMNS, decode_seg_masks, gps_array, load_roadwork_splits
+from data_collator.schema import (
+    ROADWORK_COLUMNS,
+    decode_seg_masks,
+    find_parquet_splits,
+    gps_array,
+    load_roadwork_splits,
+)
 from data_collator.synthetic import (
     CITIES,
     MANIFEST_NAME,
@@ -19,7 +25,8 @@ from data_collator.synthetic import (
     generate_row,
     main,
 )
-from data_collator.synthetic.dataset import _MALFORMED_GPS
+from data_collator.synthetic.dataset import _MALFORMED_GPS, HARD_TEST_SPLITS, generate_synthetic_dataset
+from data_collator.synthetic.scene import render_scene
 
 
 EXPECTED_COLUMNS = list(ROADWORK_COLUMNS) + ["video_info.video_id", "video_info.frame_index", "seg_masks"]
@@ -175,3 +182,61 @@ def test_module_command_line_runs_from_a_fresh_process(tmp_path):
     for flag in ("--output_dir", "--num_train", "--mask_rate", "--jpeg_quality"):
         assert flag in result.stdout
     assert "--version" not in result.stdout  # the generator's version is not an argument
+
+
+# --- scene variants and their hard test splits ------------------------------------------------------------------
+
+
+def _object_coverage(row) -> float:
+    """Share of the image covered by any roadwork object (the max over the class masks, 0..1)."""
+    masks = decode_seg_masks(row["seg_masks"], 6).astype(np.float32)
+    return float(masks.max(0).mean() / (255.0 if masks.max() > 1 else 1.0))
+
+
+def _orange_share(row) -> float:
+    image = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")).astype(int)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    return float(((r > 200) & (g > 70) & (g < 170) & (b < 80)).mean())
+
+
+def test_hard_splits_are_balanced_and_ask_their_question():
+    config = SyntheticDatasetConfig(mask_rate=1.0)
+    rows = {split: [generate_row(config, split, i) for i in range(60)] for split in ("test", *HARD_TEST_SPLITS)}
+    for split, split_rows in rows.items():
+        share = np.mean([r["label"] for r in split_rows])
+        assert 0.35 < share < 0.65, (split, share)
+    positives = {split: [r for r in split_rows if r["label"] == 1] for split, split_rows in rows.items()}
+    negatives = {split: [r for r in split_rows if r["label"] == 0] for split, split_rows in rows.items()}
+    # Small: every roadwork object together covers under 1% of the image, and is still there.
+    small = [_object_coverage(r) for r in positives["test_small"]]
+    assert max(small) < 0.01 and min(small) > 0, small
+    assert np.mean([_object_coverage(r) for r in positives["test"]]) > 10 * np.mean(small)
+    # Occluded: cars hide part of the objects, and (almost) never all of them. The same scene (same seed: the
+    # objects are placed before the occluding cars are) drawn without its occluders shows more object.
+    occluded = np.array([_object_coverage(r) for r in positives["test_occluded"]])
+    assert (occluded == 0).mean() <= 0.05
+    hidden = []
+    for seed in range(30):
+        args = (640, 480, True, "Sunny", "Light", "Urban")
+        with_cars = render_scene(np.random.default_rng(seed), *args, "occluded")[1].max(0).mean()
+        without = render_scene(np.random.default_rng(seed), *args, "standard")[1].max(0).mean()
+        hidden.append(1 - with_cars / without)
+    assert np.mean(hidden) > 0.25, np.mean(hidden)
+    # Distractor: roadwork-free scenes with far more orange than ordinary roadwork-free scenes, and no object.
+    assert all(_object_coverage(r) == 0 for r in negatives["test_distractor"])
+    assert np.mean([_orange_share(r) for r in negatives["test_distractor"]]) > 3 * np.mean(
+        [_orange_share(r) for r in negatives["test"]]
+    )
+
+
+def test_hard_splits_are_written_when_asked(tmp_path):
+    config = SyntheticDatasetConfig(num_train=2, num_test=2, num_hard_test=4, mask_rate=0.0)
+    generate_synthetic_dataset(tmp_path, config)
+    splits = find_parquet_splits(tmp_path)
+    assert set(splits) == {"train", "test", *HARD_TEST_SPLITS}
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert {name: counts["rows"] for name, counts in manifest["splits"].items()} == {
+        "train": 2, "test": 2, **dict.fromkeys(HARD_TEST_SPLITS, 4)
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="variant"):
+        render_scene(np.random.default_rng(0), 64, 48, True, "Sunny", "Light", "Urban", "tiny")

@@ -32,12 +32,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..schema import SEG_MASKS_COLUMN, encode_seg_masks
-from .scene import describe_scene, render_scene
+from .scene import SCENE_VARIANTS, describe_scene, render_scene
 
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2  # 2: scene variants and their hard test splits; balanced test split
 MANIFEST_NAME = "roadwork_synthetic.json"
 
 # Six of the US cities of the real data, with their centres; rows scatter within ~10 km.
@@ -54,6 +54,8 @@ WEATHERS = ("Sunny", "Cloudy", "Overcast", "Rainy", "Foggy")
 DAYTIMES = ("Light", "Dark", "Twilight")
 SCENES = ("Urban", "Highway", "Residential", "Rural")
 TRAVEL_ALTERATIONS = ("Lane Closure", "Road Narrowing", "Detour", "Lane Shift")
+# The hard test splits, one per non-standard scene variant (see data_collator.synthetic.scene.SCENE_VARIANTS).
+HARD_TEST_SPLITS = {f"test_{variant}": variant for variant in SCENE_VARIANTS if variant != "standard"}
 
 
 @dataclass
@@ -62,10 +64,13 @@ class SyntheticDatasetConfig:
     dataclass is parsed with `HfArgumentParser` (``python -m data_collator.synthetic --help``).
 
     Args:
-        num_train, num_test (`int`, *optional*, default to 240 and 60): rows per split.
+        num_train, num_test (`int`, *optional*, default to 240 and 200): rows per split.
+        num_hard_test (`int`, *optional*, defaults to 0): rows of each hard test split (`test_small`,
+            `test_occluded`, `test_distractor`: `HARD_TEST_SPLITS`), balanced 50/50; 0 writes none.
         seed (`int`, *optional*, defaults to 0): everything follows from it.
-        train_positive_rate, test_positive_rate (`float`, *optional*, default to 0.8 and 0.9): share of label 1
-            (the real data: 80 % and 90 %).
+        train_positive_rate, test_positive_rate (`float`, *optional*, default to 0.8 and 0.5): share of label 1.
+            Train follows the real data (80 %); test is balanced like the validators' challenges, which draw
+            labels 50/50, and has 200 rows so that MCC moves in steps of about 0.01.
         metadata_null_rate (`float`, *optional*, defaults to 0.6): share of rows whose scene tags are all NULL.
         malformed_gps_rate (`float`, *optional*, defaults to 0.04): share of GPS strings that are malformed, zero
             or out of range.
@@ -79,10 +84,21 @@ class SyntheticDatasetConfig:
     """
 
     num_train: int = field(default=240, metadata={"help": "Rows in the synthetic train split."})
-    num_test: int = field(default=60, metadata={"help": "Rows in the synthetic test split."})
+    num_test: int = field(
+        default=200, metadata={"help": "Rows in the synthetic test split (balanced by --test_positive_rate)."}
+    )
+    num_hard_test: int = field(
+        default=0,
+        metadata={
+            "help": "Rows of each hard synthetic test split, balanced 50/50: test_small (distant objects under 1%% "
+            "of the image), test_occluded (objects behind cars), test_distractor (orange but no roadwork). 0: none."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed; the synthetic dataset is a function of it."})
     train_positive_rate: float = field(default=0.8, metadata={"help": "Share of roadwork rows in the train split."})
-    test_positive_rate: float = field(default=0.9, metadata={"help": "Share of roadwork rows in the test split."})
+    test_positive_rate: float = field(
+        default=0.5, metadata={"help": "Share of roadwork rows in the test split (0.5: as the validators draw)."}
+    )
     metadata_null_rate: float = field(
         default=0.6, metadata={"help": "Share of synthetic rows whose scene tags are all NULL."}
     )
@@ -97,7 +113,7 @@ class SyntheticDatasetConfig:
     version: int = field(default=SYNTHETIC_VERSION, init=False)
 
     def __post_init__(self):
-        for name in ("num_train", "num_test"):
+        for name in ("num_train", "num_test", "num_hard_test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in (
@@ -133,7 +149,11 @@ def generate_row(config: SyntheticDatasetConfig, split: str, index: int) -> dict
     """Row `index` of `split`; depends only on ``(config.seed, split, index)`` and the rates."""
     split_code = {"train": 0, "test": 1}.get(split, sum(map(ord, split)))
     rng = np.random.default_rng([config.seed, split_code, index, SYNTHETIC_VERSION])
-    positive_rate = config.train_positive_rate if split == "train" else config.test_positive_rate
+    variant = HARD_TEST_SPLITS.get(split, "standard")
+    if split == "train":
+        positive_rate = config.train_positive_rate
+    else:
+        positive_rate = config.test_positive_rate if variant == "standard" else 0.5
     label = int(rng.random() < positive_rate)
     width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     city, lat, lon = CITIES[int(rng.integers(len(CITIES)))]
@@ -141,7 +161,7 @@ def generate_row(config: SyntheticDatasetConfig, split: str, index: int) -> dict
     daytime = DAYTIMES[int(rng.choice(len(DAYTIMES), p=(0.7, 0.2, 0.1)))]
     scene = SCENES[int(rng.integers(len(SCENES)))]
 
-    image, masks, objects = render_scene(rng, width, height, bool(label), weather, daytime, scene)
+    image, masks, objects = render_scene(rng, width, height, bool(label), weather, daytime, scene, variant)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=config.jpeg_quality)
     row_id = f"synthetic-{split}-{index:06d}"
@@ -243,8 +263,10 @@ def generate_synthetic_dataset(
     data_dir.mkdir(parents=True, exist_ok=True)
     features = synthetic_features(with_masks=config.mask_rate > 0)
     counts = {}
-    bar = tqdm(total=config.num_train + config.num_test, desc="synthetic roadwork scenes", unit="row")
-    for split, num_rows in (("train", config.num_train), ("test", config.num_test)):
+    sizes = [("train", config.num_train), ("test", config.num_test)]
+    sizes += [(name, config.num_hard_test) for name in HARD_TEST_SPLITS]
+    bar = tqdm(total=sum(n for _, n in sizes), desc="synthetic roadwork scenes", unit="row")
+    for split, num_rows in sizes:
         if num_rows == 0:
             continue
         num_shards = max(1, math.ceil(num_rows / config.rows_per_shard))
@@ -342,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 __all__ = [
     "CITIES",
+    "HARD_TEST_SPLITS",
     "MANIFEST_NAME",
     "SYNTHETIC_VERSION",
     "SyntheticDatasetArguments",

@@ -442,10 +442,107 @@ def describe_scene(objects: Sequence[str], scene: str, weather: str, daytime: st
     return f"{listed[0].upper()}{listed[1:]} {verb} {place}{when}{sky}."
 
 
+# Scene variants, each the generator of a test split of its own (SyntheticDatasetConfig.num_hard_test):
+# - standard: the default mix;
+# - small: roadwork scenes whose only roadwork is one or two small, distant objects (a cone, a drum or a sign far
+#   down the road, < 1% of the image): what the tiles exist to find;
+# - occluded: roadwork objects partly hidden by a nearer car in front of each;
+# - distractor: roadwork-free scenes full of orange that is not roadwork (orange cars, an orange shop sign, traffic
+#   lights, autumn leaves), against which a model that learned "orange" rather than "roadwork" fails.
+# Roadwork scenes of the distractor variant and roadwork-free scenes of the small and occluded variants are
+# standard scenes, so each split asks one question.
+SCENE_VARIANTS = ("standard", "small", "occluded", "distractor")
+
+
+def _draw_traffic_light(canvas: _Canvas, road: _Road, rng: np.random.Generator, s: float, u: float) -> None:
+    ppm = road.px_per_m(s)
+    x, y = road.x(s, u), road.y(s)
+    pole, box_h, box_w = 4.5 * ppm, 1.0 * ppm, 0.38 * ppm
+    canvas.line([(x, y), (x, y - pole)], (70, 70, 70), max(1, ppm * 0.12))
+    top = y - pole
+    canvas.rectangle((x - box_w / 2, top, x + box_w / 2, top + box_h), (30, 30, 30))
+    lit = int(rng.integers(3))  # red, amber or green
+    for k, color in enumerate(((230, 40, 30), (255, 160, 0), (40, 200, 80))):
+        r = box_w * 0.3
+        cy = top + box_h * (0.18 + 0.32 * k)
+        canvas.ellipse((x - r, cy - r, x + r, cy + r), color if k == lit else _lerp(color, (30, 30, 30), 0.75))
+
+
+def _draw_shop_sign(canvas: _Canvas, road: _Road, rng: np.random.Generator, s: float, u: float) -> None:
+    """An orange rectangular shop or fuel-station sign on a post: orange, but not a diamond road-work sign."""
+    ppm = road.px_per_m(s)
+    x, y = road.x(s, u), road.y(s)
+    w, h = rng.uniform(2.0, 3.2) * ppm, rng.uniform(1.0, 1.5) * ppm
+    canvas.line([(x, y), (x, y - 3.0 * ppm)], (110, 110, 110), max(1, ppm * 0.15))
+    top = y - 3.0 * ppm - h
+    canvas.rectangle((x - w / 2, top, x + w / 2, top + h), _jitter(rng, (245, 120, 20), 10))
+    for k in range(3):  # lettering
+        lx = x - w * 0.38 + k * w * 0.27
+        canvas.rectangle((lx, top + h * 0.3, lx + w * 0.18, top + h * 0.7), (250, 250, 245))
+
+
+def _draw_leaves(canvas: _Canvas, road: _Road, rng: np.random.Generator) -> None:
+    """Autumn leaves scattered on the verges."""
+    for _ in range(int(rng.integers(25, 60))):
+        s = rng.uniform(0.3, 1.0)
+        u = rng.choice((-1, 1)) * rng.uniform(1.1, 2.2)
+        x, y = road.x(s, u), road.y(s) - rng.uniform(0, 0.2) * road.px_per_m(s)
+        r = max(1.0, 0.12 * road.px_per_m(s) * rng.uniform(0.6, 1.4))
+        canvas.ellipse((x - r, y - r * 0.6, x + r, y + r * 0.6), _jitter(rng, (230, 110, 20), 25))
+
+
+def _roadwork_items(rng: np.random.Generator, variant: str) -> list[tuple[float, str, float]]:
+    """(depth, kind, lateral) of the roadwork objects of a roadwork scene of `variant`."""
+    items: list[tuple[float, str, float]] = []
+    if variant == "small":
+        # One or two objects far down the road, near its edge: a few pixels tall.
+        for _ in range(int(rng.integers(1, 3))):
+            kind = ("cone", "equipment", "sign")[int(rng.integers(3))]
+            items.append((rng.uniform(0.1, 0.22), kind, rng.choice((-1, 1)) * rng.uniform(0.7, 1.15)))
+        return items
+    kinds = list(OBJECT_WEIGHTS)
+    weights = np.asarray(list(OBJECT_WEIGHTS.values()))
+    for _ in range(int(rng.integers(1, 5))):
+        kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+        s, u = rng.uniform(0.2, 0.85), rng.uniform(-1.25, 1.25)
+        if kind in ("cone", "equipment") and rng.random() < 0.6:  # a taper of cones / drums along a lane
+            step = rng.uniform(0.05, 0.1)
+            for k in range(int(rng.integers(3, 7))):
+                depth = s + k * step
+                if depth < 0.95:
+                    items.append((depth, kind, u + k * rng.uniform(-0.08, 0.08)))
+        else:
+            items.append((s, kind, u))
+    return items
+
+
 def render_scene(
-    rng: np.random.Generator, width: int, height: int, roadwork: bool, weather: str, daytime: str, scene: str
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    roadwork: bool,
+    weather: str,
+    daytime: str,
+    scene: str,
+    variant: str = "standard",
 ) -> tuple[Image.Image, np.ndarray, list[str]]:
-    """Draws one scene. Returns the image, (6, SEG_MASK_SIZE, SEG_MASK_SIZE) uint8 soft masks and the object kinds drawn."""
+    """
+    Draws one scene of `variant` (`SCENE_VARIANTS`). Returns the image, (6, SEG_MASK_SIZE, SEG_MASK_SIZE) uint8
+    soft masks and the object kinds drawn.
+    """
+    if variant not in SCENE_VARIANTS:
+        raise ValueError(f"variant must be one of {SCENE_VARIANTS}, got {variant!r}")
+    state = rng.bit_generator.state
+    image, masks, objects = _render(rng, width, height, roadwork, weather, daytime, scene, variant)
+    if variant == "occluded" and roadwork and masks.max() == 0:
+        # The cars hid every object (about 7% of occluded scenes): the label would be wrong. Draw the same scene
+        # with its occluding cars shifted clear of the objects instead, so only traffic can hide them.
+        rng.bit_generator.state = state
+        image, masks, objects = _render(rng, width, height, roadwork, weather, daytime, scene, variant, shift=0.45)
+    return image, masks, objects
+
+
+def _render(rng, width, height, roadwork, weather, daytime, scene, variant, shift: float | None = None):
     horizon = int(height * rng.uniform(0.38, 0.52))
     road = _Road(
         width=width,
@@ -461,37 +558,46 @@ def render_scene(
     items: list[tuple[float, str, float]] = []  # (depth, kind, lateral)
     for _ in range(int(rng.integers(0, 4))):
         items.append((rng.uniform(0.15, 0.8), "car", rng.choice((-0.5, 0.5)) + rng.uniform(-0.1, 0.1)))
-    objects: list[str] = []
     if roadwork:
-        kinds = list(OBJECT_WEIGHTS)
-        weights = np.asarray(list(OBJECT_WEIGHTS.values()))
-        for _ in range(int(rng.integers(1, 5))):
-            kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
-            s, u = rng.uniform(0.2, 0.85), rng.uniform(-1.25, 1.25)
-            if kind in ("cone", "equipment") and rng.random() < 0.6:  # a taper of cones / drums along a lane
-                step = rng.uniform(0.05, 0.1)
-                for k in range(int(rng.integers(3, 7))):
-                    depth = s + k * step
-                    if depth < 0.95:
-                        items.append((depth, kind, u + k * rng.uniform(-0.08, 0.08)))
-                        objects.append(kind)
-            else:
-                items.append((s, kind, u))
-                objects.append(kind)
+        roadwork_items = _roadwork_items(rng, variant)
+        items += roadwork_items
+        if variant == "occluded":
+            # A car just in front of every object (nearer, so drawn later), shifted sideways by 30-60% of its
+            # half-width (a car spans about u +- 0.26), so that it hides part of the object. One object's car is
+            # shifted further (110-140%: it covers the object's near edge), so that some roadwork stays in sight.
+            anchor = int(rng.integers(len(roadwork_items)))
+            for k, (s, kind, u) in enumerate(roadwork_items):
+                low, high = (0.28, 0.36) if k == anchor else (0.08, 0.16)
+                offset = rng.choice((-1, 1)) * rng.uniform(low, high)
+                if shift is not None:
+                    offset = np.sign(offset) * shift
+                items.append((min(s + rng.uniform(0.02, 0.05), 0.98), "car", u + offset))
+    elif variant == "distractor":
+        for _ in range(int(rng.integers(1, 3))):
+            items.append((rng.uniform(0.3, 0.85), "orange_car", rng.choice((-0.5, 0.5))))
+        items.append((rng.uniform(0.25, 0.6), "shop_sign", rng.choice((-1, 1)) * rng.uniform(1.3, 1.8)))
+        items.append((rng.uniform(0.2, 0.5), "traffic_light", rng.choice((-1, 1)) * rng.uniform(1.1, 1.3)))
+        _draw_leaves(canvas, road, rng)
     elif rng.random() < 0.25:  # hard negative: an orange or yellow car, no roadwork
         items.append((rng.uniform(0.3, 0.8), "orange_car", rng.choice((-0.5, 0.5))))
 
+    objects: list[str] = []
     for s, kind, u in sorted(items):  # far to near, so nearer things occlude
         if kind in ("car", "orange_car"):
             color = _jitter(
                 rng, (240, 120, 20) if kind == "orange_car" else tuple(int(c) for c in rng.integers(20, 230, 3)), 10
             )
             _draw_car(canvas, road, rng, s, u, color, daytime == "Dark")
+        elif kind == "shop_sign":
+            _draw_shop_sign(canvas, road, rng, s, u)
+        elif kind == "traffic_light":
+            _draw_traffic_light(canvas, road, rng, s, u)
         else:
             _draw_object(canvas, road, rng, kind, s, u)
+            objects.append(kind)
     masks = canvas.coverage()
     image = _apply_weather(canvas.image, rng, weather, daytime, horizon)
     return image, masks, objects
 
 
-__all__ = ["OBJECT_WEIGHTS", "describe_scene", "render_scene"]
+__all__ = ["OBJECT_WEIGHTS", "SCENE_VARIANTS", "describe_scene", "render_scene"]

@@ -312,6 +312,7 @@ def _serving_batches(synthetic_dir, record, base):
                                                         "scene_ids", "text_embeds")}  # fmt: skip
 
 
+@pytest.mark.slow  # about 40 s on the shared 2-core machine
 def test_one_fold_end_to_end_adapter_reloads_to_identical_predictions(synthetic_dir, tiny_base_dir, tmp_path, capsys):
     from peft import PeftModel
 
@@ -387,6 +388,7 @@ def test_fold_adapters_on_the_hub_reproduce_predictions_in_a_fresh_process(
         from peft import PeftModel
         from safetensors.torch import load_file
         from transformers import AutoModelForImageClassification
+        torch.set_num_threads({torch.get_num_threads()})  # as in this process: CPU reductions depend on the split
         base = AutoModelForImageClassification.from_pretrained({base_repo!r}, trust_remote_code=True)
         model = PeftModel.from_pretrained(base, {fold_repo!r}).eval()
         with torch.no_grad():

@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -251,8 +250,8 @@ def load_members(
             path = find_ood_stats(member.spec.adapter, member.spec.model, revision=member.spec.revision)
             if path is None:
                 raise SystemExit(
-                    f"--tta foods needs {member.spec.adapter or member.spec.model}/ood_stats.safetensors (the training "
-                    f"set's vision statistics); write it with: python predict.py --model {member.spec.model}"
+                    f"--tta foods needs {member.spec.adapter or member.spec.model}/ood_stats.safetensors (the "
+                    f"training set's vision statistics); write it with: python predict.py --model {member.spec.model}"
                     f"{' --adapter ' + member.spec.adapter if member.spec.adapter else ''} --fit_ood_stats "
                     "--inputs DATASET --split train"
                 )
@@ -390,7 +389,7 @@ def run_prediction(
         key = id(member.model)
         if key not in metadata:
             metadata[key] = metadata_tensors(inputs, member.model.config, use_metadata and not serving)
-    indices, fused_rows, member_rows, embeds_rows, errors = [], [], [], [], []
+    indices, member_rows, embeds_rows, errors = [], [], [], []
     started = time.time()
     bar = tqdm(total=len(dataset), unit="img", desc=f"predicting (tta {tta})", disable=not progress)
     with torch.inference_mode():
@@ -401,7 +400,7 @@ def run_prediction(
                 errors.append(RoadworkInputError(inputs[index].name, message))
             batch_indices = batch["indices"]
             if batch_indices:
-                probs, member_probs, embeds = _predict_batch(
+                member_probs, embeds = _predict_batch(
                     batch, batch_indices, members, groups, metadata, device, tta, foods_keep_fraction,
                     foods_temperature,
                 )  # fmt: skip
@@ -443,7 +442,7 @@ def _predict_batch(batch, batch_indices, members, groups, metadata, device, tta,
             member_probs[:, m] = fused.cpu().double().numpy()
             if m == 0:
                 first_embeds = embeds[:, 0].cpu().numpy()
-    return member_probs.mean(axis=1), member_probs, first_embeds
+    return member_probs, first_embeds
 
 
 # --- OOD statistics ------------------------------------------------------------------------------------------------
@@ -470,10 +469,10 @@ def write_ood_stats(
 
     device = resolve_device(str(device)) if device is not None else next(model.parameters()).device
     images = split[IMAGE_COLUMN]
-    inputs = [RoadworkPredictionInput(name=f"row-{i}", image=dict(cell), seed_index=i) for i, cell in enumerate(images)]
+    inputs = [RoadworkPredictionInput(f"row-{i}", image=dict(cell), seed_index=i) for i, cell in enumerate(images)]
     spec = RoadworkEnsembleMember(model=getattr(model.config, "_name_or_path", "model") or "model")
-    member = RoadworkLoadedMember(spec=spec, model=model.eval().to(device), peft_model=peft_model,
-                                  adapter_name=(peft_model.active_adapter if peft_model is not None else None))  # fmt: skip
+    adapter_name = peft_model.active_adapter if peft_model is not None else None
+    member = RoadworkLoadedMember(spec, model.eval().to(device), peft_model=peft_model, adapter_name=adapter_name)
     group = RoadworkBackboneGroup(model.roadwork, RoadworkImageProcessor.from_model_config(model.config), 0, [0])
     result = run_prediction(
         inputs, [member], [group], device=device, tta="none", use_metadata=False, batch_size=batch_size,
@@ -566,10 +565,6 @@ def member_columns(members: Sequence[RoadworkEnsembleMember]) -> list[str]:
     return [f"prob_m{k}_{member.name}" for k, member in enumerate(members)]
 
 
-def finite_or_none(value: float) -> float | None:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
 __all__ = [
     "COMBINE_MODES",
     "RoadworkBackboneGroup",
@@ -580,7 +575,6 @@ __all__ = [
     "atomic_write",
     "backbone_fingerprint",
     "build_records",
-    "finite_or_none",
     "group_processors",
     "load_members",
     "member_columns",

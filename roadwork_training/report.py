@@ -51,7 +51,8 @@ def gps_clusters(records: Sequence[dict], num_clusters: int = GPS_CLUSTERS, seed
 
 def group_metrics(records: Sequence[dict], seed: int = 42) -> dict[str, list[dict]]:
     """MCC (with counts) per value of weather, daytime, scene, city and GPS cluster, for the fields the data has."""
-    fields = {name: [_group_value(name, r.get(name)) for r in records] for name in ("weather", "daytime", "scene", "city")}
+    names = ("weather", "daytime", "scene", "city")
+    fields = {name: [_group_value(name, r.get(name)) for r in records] for name in names}
     fields["gps_cluster"] = gps_clusters(records, seed=seed)
     probabilities = np.array([r["prob_roadwork"] for r in records])
     labels = np.array([r["true_label"] for r in records])
@@ -75,7 +76,8 @@ def balanced_indices(labels: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     count = min(len(positive), len(negative))
-    return np.sort(np.concatenate([rng.choice(positive, count, replace=False), rng.choice(negative, count, replace=False)]))
+    kept = [rng.choice(positive, count, replace=False), rng.choice(negative, count, replace=False)]
+    return np.sort(np.concatenate(kept))
 
 
 def windowed_reward(probabilities: np.ndarray, labels: np.ndarray, seed: int, mcc_window: int = 100,

@@ -195,13 +195,13 @@ def test_ensemble_shares_one_backbone_pass_and_matches_each_member(checkpoint, t
     # Each member on its own (no sharing, no PEFT multi-adapter switching) gives the same scores.
     from peft import PeftModel
 
-    processor = RoadworkImageProcessor.from_model_config(RoadworkForImageClassification.from_pretrained(checkpoint).config)
     plain = RoadworkForImageClassification.from_pretrained(checkpoint).eval()
+    processor = RoadworkImageProcessor.from_model_config(plain.config)
     adapted = PeftModel.from_pretrained(RoadworkForImageClassification.from_pretrained(checkpoint), adapter).eval()
     for row in rows:
         image = Image.open(row["input"]).convert("RGB")
-        pixel_values = torch.stack([processor(image, return_tensors="pt")["pixel_values"][0],
-                                    processor(image.transpose(Image.FLIP_LEFT_RIGHT), return_tensors="pt")["pixel_values"][0]])  # fmt: skip
+        flipped = image.transpose(Image.FLIP_LEFT_RIGHT)
+        pixel_values = processor([image, flipped], return_tensors="pt")["pixel_values"]  # (2, V, 3, S, S)
         with torch.no_grad():
             p_plain = plain(pixel_values=pixel_values).logits.softmax(-1)[:, 1].mean().item()
             p_adapted = adapted(pixel_values=pixel_values).logits.softmax(-1)[:, 1].mean().item()

@@ -355,6 +355,7 @@ def test_metadata_is_used_from_rows_unless_switched_off(checkpoint, dataset_dir,
     assert np.abs(runs["metadata"] - runs["no_metadata"]).max() > 1e-5
 
 
+@pytest.mark.slow  # fits statistics and runs 16 variants three times: about a minute on 2 busy cores
 def test_foods_end_to_end(checkpoint, dataset_dir, tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(checkpoint, model_dir)

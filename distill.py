@@ -74,7 +74,9 @@ DistillDataArguments = prefixed_arguments(
 class TeacherStudentArguments:
     teacher: str | None = field(
         default=None,
-        metadata={"help": "The roadwork checkpoint to distil: a train.py output_dir or a Hub id (model_type roadwork)"},
+        metadata={
+            "help": "The roadwork checkpoint to distil: a train.py output_dir or a Hub id (model_type roadwork)."
+        },
     )
     ensemble: str | None = field(
         default=None,

@@ -317,9 +317,11 @@ def test_distill_end_to_end_then_push_to_the_hub(tiny_teacher, tmp_path, hub):
     )
 
 
-# Scores in transformers 4.45 vs 5 agree to this absolute tolerance (float32 CPU kernels of two releases; the
-# processors are the same torchvision code, and 224x224 inputs need no resize).
-LEGACY_TOLERANCE = 1e-5
+# Roadwork scores in transformers 4.45 vs 5 on the same export: on 224x224 images (what the validators send; no
+# resize) they agree to 1e-6; an image that needs resizing differed by up to 1.1e-4 (the two releases
+# torchvision resize paths differ slightly), so that one gets a looser bound.
+LEGACY_TOLERANCE_224 = 1e-6
+LEGACY_TOLERANCE_RESIZED = 1e-3
 STUDENTS_445 = {
     "vit": TINY_VIT,
     # DINOv2 at 224 with 518-sized position embeddings: the interpolation the default student (dinov2-small) needs.
@@ -384,5 +386,6 @@ def test_the_unmodified_miner_on_transformers_445_gives_the_students_scores(tmp_
     assert results["allowed_missing"] == []  # every allowed student type exists in 4.45
     assert results["processors"] == {name: "ViTImageProcessorFast" for name in STUDENTS_445}
     for model_type in STUDENTS_445:
-        np.testing.assert_allclose(results[model_type], expected[model_type], atol=LEGACY_TOLERANCE,
-                                   err_msg=model_type)  # fmt: skip
+        got, want = np.asarray(results[model_type]), np.asarray(expected[model_type])
+        np.testing.assert_allclose(got[:-1], want[:-1], atol=LEGACY_TOLERANCE_224, err_msg=model_type)
+        np.testing.assert_allclose(got[-1:], want[-1:], atol=LEGACY_TOLERANCE_RESIZED, err_msg=model_type)

@@ -191,6 +191,14 @@ def test_a_teacher_that_is_not_roadwork_stops_the_script(tmp_path, monkeypatch):
         distill_script.main(["--output_dir", str(tmp_path / "out")])
 
 
+def test_the_quickstart_config_parses_with_distill_py():
+    args = distill_script.parse_args(["--config", os.path.join(ROOT, "configs", "distill_quickstart.yaml"),
+                                      "--teacher", "outputs/quickstart"])  # fmt: skip
+    assert args.models.student == "vit" and args.models.image_size == 224 and args.data.dataset == "synthetic"
+    assert check_student(args.models.student, json.loads(args.models.student_config)) == "vit"
+    assert args.synthetic.num_train == 240  # the data of configs/quickstart.yaml, the teacher's
+
+
 # --- loss, data, export -------------------------------------------------------------------------------------
 
 

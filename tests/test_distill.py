@@ -151,7 +151,7 @@ def test_students_must_be_architectures_that_transformers_445_serves(tmp_path):
 
     assert set(STUDENT_MODEL_TYPES) <= set(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
     assert check_student("vit", TINY_VIT) == "vit"
-    with pytest.raises(SystemExit, match=r"\(beit, .*convnextv2, .*dinov2, .*vit, vit_msn\)"):  # names the allowed list
+    with pytest.raises(SystemExit, match=r"\(beit, .*convnextv2, .*dinov2, .*vit, vit_msn\)"):  # the allow-list
         check_student("dinov3_vit", {})
     with pytest.raises(SystemExit, match="did you mean hidden_size"):
         check_student("vit", {"hiden_size": 32})

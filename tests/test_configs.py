@@ -25,8 +25,10 @@ from roadwork_training.arguments import load_config_file  # noqa: E402
 
 
 CONFIG_DIR = REPO / "configs"
-# distill_*.yaml are distill.py's flags (tests/test_distill.py parses them), not train.py's.
-ALL_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("distill"))
+# distill_*.yaml and dora*.yaml are the flags of distill.py and finetune_dora.py (parsed below and in their own test
+# files), not train.py's.
+OTHER_SCRIPTS = ("distill", "dora")
+ALL_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith(OTHER_SCRIPTS))
 BASELINE = "model_1_baseline"
 
 # The ensemble of the original design (README, Training: six members): seed, learning rate, dropout, < 50 km GPS weight, augmentation
@@ -315,3 +317,12 @@ def test_base_include_merges_mappings_and_detects_cycles(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(SystemExit, match="cycle"):
         load_config_file(str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize("name", ["dora.yaml", "dora_quickstart.yaml"])
+def test_dora_configs_parse_with_finetune_dora(name):
+    import finetune_dora
+
+    args = finetune_dora.parse_args(["--config", str(CONFIG_DIR / name), "--base_model", "unused"])
+    assert args.training.weight_decay == 0.02 and args.training.warmup_steps == 0
+    assert args.training.metric_for_best_model == "serving_mcc"

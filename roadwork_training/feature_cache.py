@@ -105,9 +105,9 @@ def backbone_fingerprint(model) -> str:
     backbone = _roadwork_base(model).backbone
     digest = hashlib.sha256()
     for name, tensor in sorted(backbone.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        flat = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (BatchNorm counters) have no byte view
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return digest.hexdigest()
 
 

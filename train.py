@@ -41,6 +41,7 @@ from roadwork_training.build import (
     gps_sample_weights,
     load_data,
 )
+from roadwork_training.feature_cache import FeatureCacheArguments, feature_cache_from_training
 from roadwork_training.metrics import CONDITIONS, PRIMARY_CONDITION, format_metric
 from roadwork_training.trainer import best_evaluation
 
@@ -81,6 +82,7 @@ class TrainArguments:
     augmentation: RoadworkAugmentationConfig
     gps: RoadworkGPSWeightingConfig
     run: RunArguments
+    cache: FeatureCacheArguments
     training: TrainingArguments
 
 
@@ -88,14 +90,14 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
     """YAML from --config, overridden by command-line flags."""
     parser = RoadworkArgumentParser(
         (ModelArguments, DataArguments, SyntheticArguments, AugmentationArguments, GPSConfigArguments, RunArguments,
-         TrainingArguments),
+         FeatureCacheArguments, TrainingArguments),
         description=__doc__,
     )  # fmt: skip
-    model, data, synthetic, augmentation, gps, run, training = parser.parse(argv)
+    model, data, synthetic, augmentation, gps, run, cache, training = parser.parse(argv)
     try:
         return TrainArguments(
             model=model, data=data, synthetic=to_config(synthetic), augmentation=to_config(augmentation),
-            gps=to_config(gps, seed=training.seed), run=run, training=training,
+            gps=to_config(gps, seed=training.seed), run=run, cache=cache, training=training,
         )  # fmt: skip
     except ValueError as error:  # a library config's own validation names the field and the bad value
         raise SystemExit(f"invalid flag value: {error}") from error
@@ -143,11 +145,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Stage 4: datasets and collator. Validation runs under every condition (serving first); early stopping and
     # the best checkpoint follow --metric_for_best_model (serving_mcc in the configs).
-    train_dataset = RoadworkDataset(
-        splits["train"], image_processor, vocabularies=config, augmentation=RoadworkViewAugmenter(args.augmentation),
-        seed=training_args.seed, metadata_dropout=args.data.metadata_dropout,
-        metadata_field_dropout=args.data.metadata_field_dropout,
-    )  # fmt: skip
+    # With --feature_cache the backbone runs once per image and pass here, and the datasets read the stored features.
+    cache = feature_cache_from_training(args.cache, model, image_processor, training_args)
+    conditions = condition_datasets if cache is None else cache.condition_datasets
+    dropout = dict(metadata_dropout=args.data.metadata_dropout, metadata_field_dropout=args.data.metadata_field_dropout)
+    if cache is None:
+        train_dataset = RoadworkDataset(
+            splits["train"], image_processor, vocabularies=config, augmentation=RoadworkViewAugmenter(args.augmentation),
+            seed=training_args.seed, **dropout,
+        )  # fmt: skip
+    else:
+        train_dataset = cache.train_dataset(
+            splits["train"], image_processor, config, RoadworkViewAugmenter(args.augmentation), training_args.seed,
+            **dropout,
+        )  # fmt: skip
     embedder = None
     if args.data.use_text_embeddings and config.use_metadata and config.use_text:
         embedder = RoadworkTextEmbedder.get(config.text_encoder_name)
@@ -169,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.run.early_stopping_patience))
     trainer = RoadworkTrainer(
         model=model, args=training_args, train_dataset=train_dataset,
-        eval_dataset=condition_datasets(splits["validation"], image_processor, config, training_args.seed),
+        eval_dataset=conditions(splits["validation"], image_processor, config, training_args.seed),
         data_collator=collator, processing_class=image_processor, compute_metrics=compute_metrics,
         callbacks=callbacks, sample_weights=weights, sampler_seed=training_args.seed, dataset_name=args.data.dataset,
         base_model=None if args.model.backbone_config else args.model.backbone,
@@ -181,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     for name, split in splits.items():
         if name != "train":
-            datasets = condition_datasets(split, image_processor, config, training_args.seed)
+            datasets = conditions(split, image_processor, config, training_args.seed)
             metrics.update(trainer.evaluate(datasets, metric_key_prefix=name))
     metrics = lead_with_serving(metrics, [name for name in splits if name != "train"])
     trainer.final_metrics = metrics

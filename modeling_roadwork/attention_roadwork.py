@@ -47,8 +47,10 @@ class RoadworkGatedAttentionLayer(RoadworkAttention):
     projections are `attention_layers.N.qkv_proj` / `gate_proj` / `out_proj` in the state dict.
     """
 
-    def __init__(self, *, hidden_size: int, num_heads: int, attention_dropout: float, hidden_dropout: float):
-        super().__init__(hidden_size=hidden_size, num_heads=num_heads, dropout=attention_dropout, gated=True)
+    def __init__(
+        self, *, hidden_size: int, num_heads: int, attention_dropout: float, hidden_dropout: float, gated: bool = True
+    ):
+        super().__init__(hidden_size=hidden_size, num_heads=num_heads, dropout=attention_dropout, gated=gated)
         self.residual_dropout = nn.Dropout(hidden_dropout)
         self.layer_norm = nn.LayerNorm(hidden_size)
 

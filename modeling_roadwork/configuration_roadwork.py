@@ -129,6 +129,9 @@ class RoadworkConfig(PretrainedConfig):
             Gated-attention layers.
         num_attention_heads (`int`, *optional*, defaults to 8):
             Heads of every attention in the head; `hidden_size` must be divisible by it.
+        use_attention_gate (`bool`, *optional*, defaults to `True`):
+            Multiply each attention layer's output by `sigmoid(gate_proj(x))` (gated attention); off = plain
+            multi-head attention (no `gate_proj` weights), for the ablation.
         attention_dropout (`float`, *optional*, defaults to 0.1):
             Dropout on attention probabilities.
         hidden_dropout (`float`, *optional*, defaults to 0.1):
@@ -219,6 +222,7 @@ class RoadworkConfig(PretrainedConfig):
         pyramid_sizes: list[int] | None = None,
         num_attention_layers: int = 4,
         num_attention_heads: int = 8,
+        use_attention_gate: bool = True,
         attention_dropout: float = 0.1,
         hidden_dropout: float = 0.1,
         use_view_fusion: bool = True,
@@ -273,6 +277,7 @@ class RoadworkConfig(PretrainedConfig):
         self.pyramid_sizes = list(pyramid_sizes) if pyramid_sizes is not None else [256, 128]
         self.num_attention_layers = num_attention_layers
         self.num_attention_heads = num_attention_heads
+        self.use_attention_gate = use_attention_gate
         self.attention_dropout = attention_dropout
         self.hidden_dropout = hidden_dropout
         self.use_view_fusion = use_view_fusion

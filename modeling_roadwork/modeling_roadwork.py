@@ -226,6 +226,7 @@ class RoadworkModel(RoadworkPreTrainedModel):
                 num_heads=config.num_attention_heads,
                 attention_dropout=config.attention_dropout,
                 hidden_dropout=config.hidden_dropout,
+                gated=config.use_attention_gate,
             )
             for _ in range(config.num_attention_layers)
         )

@@ -140,12 +140,21 @@ def _yaml_default(action, value):
 class RoadworkArgumentParser(HfArgumentParser):
     """
     `HfArgumentParser` over argument dataclasses plus `--config FILE.yaml`: the YAML file's keys become the defaults and
-    command-line flags override them. Unknown YAML keys are an error naming the file. JSON mappings in
+    command-line flags override them. Unknown YAML keys are an error naming the file, except `yaml_only_keys`: flags
+    of another script that shares the YAML file (train.py's), accepted in the file and ignored here. JSON mappings in
     `MERGED_MAPPINGS` given on the command line are merged into the YAML's mapping instead of replacing it.
     """
 
-    def __init__(self, dataclass_types: Sequence[type], *, description: str | None = None, prog: str | None = None):
+    def __init__(
+        self,
+        dataclass_types: Sequence[type],
+        *,
+        description: str | None = None,
+        prog: str | None = None,
+        yaml_only_keys: Iterable[str] = (),
+    ):
         super().__init__(dataclass_types, description=description, prog=prog)
+        self.yaml_only_keys = frozenset(yaml_only_keys)
         self.add_argument(
             "--config",
             default=None,
@@ -159,6 +168,7 @@ class RoadworkArgumentParser(HfArgumentParser):
         if known.config:
             values = load_config_file(known.config)
             actions = {action.dest: action for action in self._actions}
+            values = {k: v for k, v in values.items() if k in actions or k not in self.yaml_only_keys}
             unknown = sorted(set(values) - set(actions))
             if unknown:
                 hints = []

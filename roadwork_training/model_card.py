@@ -43,7 +43,9 @@ def model_card(
     )
     front = ["---", "library_name: transformers", "pipeline_tag: image-classification", "tags:", "- roadwork",
              "- streetvision", "- multi-view", "- custom_code"]  # fmt: skip
-    if base_model:
+    # Only a Hub model id belongs in the metadata (a local folder, `timm:` or `roadwork:` name would link nowhere).
+    is_hub_id = base_model and "/" in base_model and ":" not in base_model
+    if is_hub_id and not os.path.exists(os.path.expanduser(base_model)):
         front.append(f"base_model: {base_model}")
     # Only a Hub dataset id belongs in the metadata ("synthetic" or a local folder would link nowhere).
     if dataset and "/" in dataset and not os.path.exists(dataset):

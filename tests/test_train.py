@@ -1,8 +1,8 @@
 """End-to-end tests of train.py on CPU: the command line, two processes, resuming, the Hub push, the output folder
 and the GPS weighting gate.
 
-Every run is a tiny variant of configs/quickstart.yaml (48 + 16 synthetic rows, batch 8, a few steps; see
-`TINY_ARGS`). The synthetic dataset is generated once per session into a temporary ROADWORK_CACHE. Runs that
+Every run is a tiny variant of the quickstart (tests/configs/tiny_quickstart.yaml: a tiny random backbone, trained
+end to end; 48 + 16 synthetic rows, batch 8, a few steps; see `TINY_ARGS`). The synthetic dataset is generated once per session into a temporary ROADWORK_CACHE. Runs that
 must behave as a user's do (`python train.py`, `accelerate launch`, a restart) are subprocesses; the argument parsing,
 the GPS gate and the Hub push run in-process through `train.parse_args` / `train.main`.
 
@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:  # train.py is a script at the repo root, not part
 import train  # noqa: E402
 
 
-QUICKSTART = REPO / "configs" / "quickstart.yaml"
+QUICKSTART = REPO / "tests" / "configs" / "tiny_quickstart.yaml"
 TRAIN_SCRIPT = REPO / "train.py"
 NUM_TRAIN, NUM_TEST, BATCH = 48, 16, 8
 # The quickstart, shrunk: 48 train rows (40 after the 15% validation split) and 16 test rows, batch 8.
@@ -188,7 +188,7 @@ def test_command_line_overrides_yaml():
     assert training.seed == 42 and training.num_train_epochs == 4 and training.per_device_train_batch_size == 16
     assert data.dataset == "synthetic" and data.validation_fraction == 0.15
     assert args.synthetic.num_train == train.SyntheticDatasetConfig().num_train
-    assert training.output_dir == "outputs/quickstart" and training.load_best_model_at_end is True
+    assert training.output_dir == "outputs/tiny_quickstart" and training.load_best_model_at_end is True
     backbone = json.loads(model.backbone_config)
     assert backbone["model_type"] == "dinov3_vit" and backbone["num_register_tokens"] == 4
     # Without the config file: the dataclass defaults.

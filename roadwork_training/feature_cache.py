@@ -101,7 +101,8 @@ def _roadwork_base(model):
 
 
 def backbone_fingerprint(model) -> str:
-    """sha256 over the backbone's state dict (names, dtypes, shapes, bytes): two models share features iff equal."""
+    """sha256 over the backbone's state dict (names, dtypes, shapes, bytes): two models share features iff equal.
+    The project's one backbone fingerprint: cache keys, `RoadworkSharedBackbone` and predict.py's backbone groups."""
     backbone = _roadwork_base(model).backbone
     digest = hashlib.sha256()
     for name, tensor in sorted(backbone.state_dict().items()):

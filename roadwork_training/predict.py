@@ -1,8 +1,9 @@
 """Prediction with one model, a model with DoRA adapters, or an ensemble, with test-time augmentation.
 
 The backbone runs once per image and TTA variant for every member that shares it: members are grouped by their
-backbone (a fingerprint of its config and weights, so members from one base checkpoint, and different heads trained
-on the same frozen backbone, share one pass); `RoadworkModel.extract_view_features` runs once per group and every
+backbone (`backbone_pass_key`: the feature cache's exact weight hash `backbone_fingerprint`, the backbone config
+and autocast dtype, so members from one base checkpoint, and different heads trained on the same frozen backbone,
+share one pass); `RoadworkModel.extract_view_features` runs once per group and every
 member's head reads the features through `forward(view_features=...)`. Adapters are loaded with
 `peft.PeftModel.from_pretrained` / `load_adapter` onto one copy of their base and switched with `set_adapter`; an
 adapter that touches the backbone is refused, since the shared pass would ignore it.
@@ -32,6 +33,7 @@ from data_collator.metadata import RoadworkMetadataParser, collate_metadata, nul
 from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor, RoadworkTextEmbedder
 
 from .ensemble import RoadworkEnsembleMember
+from .feature_cache import backbone_fingerprint
 from .predict_inputs import (
     GROUP_COLUMNS,
     RoadworkInputError,
@@ -85,17 +87,19 @@ class RoadworkBackboneGroup:
     members: list[int] = field(default_factory=list)  # indices into the member list
 
 
-def backbone_fingerprint(model: RoadworkForImageClassification) -> str:
-    """A hash of the backbone's config and of a sample of every weight tensor (cheap even for a 840M model)."""
-    digest = hashlib.sha256()
+def backbone_pass_key(model: RoadworkForImageClassification) -> str:
+    """
+    What decides a backbone pass's features besides the views: the backbone's weights (`backbone_fingerprint`, the
+    feature cache's exact hash), its config (e.g. RoPE or LayerNorm settings, which the weights do not show) and the
+    autocast dtype it runs in. Members whose keys (and processors) agree share one pass.
+    """
     backbone_config = getattr(model.config, "backbone_config", None)
-    digest.update(json.dumps(backbone_config.to_dict() if hasattr(backbone_config, "to_dict") else backbone_config,
-                             sort_keys=True, default=str).encode())  # fmt: skip
-    for name, tensor in model.roadwork.backbone.state_dict().items():
-        flat = tensor.detach().reshape(-1)
-        sample = torch.cat([flat[:256], flat[-256:], flat[:: max(1, flat.numel() // 256)][:256]]).float().cpu()
-        digest.update(name.encode() + str(tuple(tensor.shape)).encode() + sample.numpy().tobytes())
-    return digest.hexdigest()
+    described = {
+        "weights": backbone_fingerprint(model),
+        "config": backbone_config.to_dict() if hasattr(backbone_config, "to_dict") else backbone_config,
+        "autocast": getattr(model.config, "backbone_autocast_dtype", None),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _check_adapter_outside_backbone(peft_model: Any, adapter: str) -> None:
@@ -155,16 +159,16 @@ def load_members(
     for key, base in bases.items():
         processor = RoadworkImageProcessor.from_model_config(base.config)
         processor_key = processor.to_json_string()
-        fingerprint = backbone_fingerprint(base)
-        if fingerprint in shared_backbones:
-            base.roadwork.backbone = shared_backbones[fingerprint]  # one copy in memory; the weights are equal
+        pass_key = backbone_pass_key(base)
+        if pass_key in shared_backbones:
+            base.roadwork.backbone = shared_backbones[pass_key]  # one copy in memory; the weights are equal
         else:
-            shared_backbones[fingerprint] = base.roadwork.backbone
+            shared_backbones[pass_key] = base.roadwork.backbone
         base.to(device)
         if processor_key not in processor_keys:
             processor_keys.append(processor_key)
             processors.append(processor)
-        group_key = (fingerprint, processor_key)
+        group_key = (pass_key, processor_key)
         if group_key not in groups:
             groups[group_key] = RoadworkBackboneGroup(base.roadwork, processor, processor_keys.index(processor_key))
         group = groups[group_key]
@@ -461,7 +465,7 @@ __all__ = [
     "RoadworkLoadedMember",
     "RoadworkPredictionResult",
     "atomic_write",
-    "backbone_fingerprint",
+    "backbone_pass_key",
     "build_records",
     "group_processors",
     "load_members",

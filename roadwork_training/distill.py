@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data_collator import RoadworkValidatorTransform
-from data_collator.collator import _example_seed  # the seeds RoadworkDataset gives the whole-image transform
+from data_collator.collator import SEED_STREAM_TRANSFORM, example_seed
 from data_collator.schema import IMAGE_COLUMN, LABEL_COLUMN, labels_array
 
 from .ensemble import RoadworkEnsembleMember, load_ensemble
@@ -51,9 +51,6 @@ STUDENT_MODEL_TYPES = (
     "regnet", "resnet", "segformer", "swiftformer", "swin", "swinv2", "vit", "vit_msn",
 )  # fmt: skip
 DEFAULT_STUDENT = "facebook/dinov2-small"
-# The whole-image transform stream of RoadworkDataset's seeds (stream 1): the same challenge image as the
-# `serving` evaluation condition of train.py for epoch 0.
-_TRANSFORM_STREAM = 1
 
 
 # --- teacher --------------------------------------------------------------------------------------------------
@@ -297,7 +294,8 @@ class ChallengeImages(torch.utils.data.Dataset):
         row = self.split[index]
         cell = row[IMAGE_COLUMN]
         image = self.loader.load_image(dict(cell) if isinstance(cell, dict) else cell)
-        challenge = self.transform(image, seed=_example_seed(self.seed, self.epoch, index, _TRANSFORM_STREAM))
+        # RoadworkDataset's seed for the whole-image transform: epoch 0 is the `serving` condition of train.py.
+        challenge = self.transform(image, seed=example_seed(self.seed, self.epoch, index, SEED_STREAM_TRANSFORM))
         return {"image": challenge, "label": int(row[LABEL_COLUMN]), "index": index}
 
 

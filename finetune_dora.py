@@ -66,7 +66,8 @@ class DoraRunArguments:
 
 def parse_args(argv: list[str] | None = None) -> DoraRunArguments:
     parser = RoadworkArgumentParser(
-        (DoraArguments, DataArguments, SyntheticArguments, AugmentationArguments, TrainingArguments), description=__doc__
+        (DoraArguments, DataArguments, SyntheticArguments, AugmentationArguments, TrainingArguments),
+        description=__doc__,
     )
     try:
         dora, data, synthetic, augmentation, training = parser.parse(argv)
@@ -77,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> DoraRunArguments:
         raise SystemExit("--base_model is required: a roadwork checkpoint folder (train.py's output_dir) or Hub id")
     metric = (training.metric_for_best_model or "").removeprefix("eval_")
     if metric != f"{PRIMARY_CONDITION}_mcc":
-        raise SystemExit(f"--metric_for_best_model must be {PRIMARY_CONDITION}_mcc (the fold's serving MCC), got {metric!r}")
+        raise SystemExit(
+            f"--metric_for_best_model must be {PRIMARY_CONDITION}_mcc (the fold's serving MCC), got {metric!r}"
+        )
     if training.push_to_hub and not training.hub_model_id:
         raise SystemExit("--push_to_hub needs --hub_model_id owner/name (fold i is pushed as owner/name-fold{i})")
     return args

@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     # With --feature_cache the backbone runs once per image and pass here, and the datasets read the stored features.
     cache = feature_cache_from_training(args.cache, model, image_processor, training_args)
     conditions = condition_datasets if cache is None else cache.condition_datasets
-    dropout = dict(metadata_dropout=args.data.metadata_dropout, metadata_field_dropout=args.data.metadata_field_dropout)
+    dropout = dict(
+        metadata_dropout=args.data.metadata_dropout, metadata_field_dropout=args.data.metadata_field_dropout
+    )
     if cache is None:
         train_dataset = RoadworkDataset(
             splits["train"], image_processor, vocabularies=config, augmentation=RoadworkViewAugmenter(args.augmentation),

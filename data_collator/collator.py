@@ -290,7 +290,9 @@ class RoadworkDataset(torch.utils.data.Dataset):
         if self.image_transform is None:
             return dict(cell) if isinstance(cell, Mapping) else cell
         image = self.image_processor.load_image(dict(cell) if isinstance(cell, Mapping) else cell)
-        return self.image_transform(image, seed=example_seed(self.seed, self.epoch, index, SEED_STREAM_TRANSFORM, draw))
+        return self.image_transform(
+            image, seed=example_seed(self.seed, self.epoch, index, SEED_STREAM_TRANSFORM, draw)
+        )
 
     def _masks(self, row: Mapping[str, Any]) -> np.ndarray | None:
         if not self.with_seg_masks or self.image_transform is not None:

@@ -265,4 +265,13 @@ def gps_sample_weights(
     return weights
 
 
-__all__ = ["DataArguments", "ModelArguments", "build_model", "condition_datasets", "heads_without_labels", "gps_sample_weights", "load_data", "stratified_subset"]
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "build_model",
+    "condition_datasets",
+    "heads_without_labels",
+    "gps_sample_weights",
+    "load_data",
+    "stratified_subset",
+]

@@ -50,6 +50,7 @@ from roadwork_training.distill import (
 )
 from roadwork_training.distill_card import distill_model_card
 from roadwork_training.ensemble import RoadworkEnsembleMember
+from roadwork_training.flag_groups import SyntheticArguments
 from roadwork_training.streetvision import (
     streetvision_model_card,
     validate_hotkey,
@@ -60,7 +61,6 @@ from roadwork_training.streetvision import (
 
 logger = logging.getLogger("roadwork.distill")
 
-SyntheticArguments = prefixed_arguments(SyntheticDatasetConfig, "synthetic_", exclude=("version",))
 # The data flags that mean something here: the student never sees metadata or view augmentation.
 DistillDataArguments = prefixed_arguments(
     DataArguments, "",

@@ -25,7 +25,7 @@ from data_collator.metadata import clean_description
 from data_collator.schema import get_column
 from data_collator.synthetic import SyntheticDatasetConfig
 from modeling_roadwork import RoadworkImageProcessor, RoadworkTextEmbedder
-from roadwork_training.arguments import RoadworkArgumentParser, prefixed_arguments, to_config
+from roadwork_training.arguments import RoadworkArgumentParser, to_config
 from roadwork_training.build import DataArguments, condition_datasets, load_data
 from roadwork_training.dora import (
     FOLDS_FILE,
@@ -46,13 +46,11 @@ from roadwork_training.dora import (
     train_fold,
 )
 from roadwork_training.dora_report import build_ensembles, write_report
+from roadwork_training.flag_groups import AugmentationArguments, SyntheticArguments
 from roadwork_training.metrics import CONDITIONS, PRIMARY_CONDITION, format_metric
 
 
 logger = logging.getLogger("roadwork.finetune_dora")
-
-SyntheticArguments = prefixed_arguments(SyntheticDatasetConfig, "synthetic_", exclude=("version",))
-AugmentationArguments = prefixed_arguments(RoadworkAugmentationConfig, "augmentation_", include=("strength", "scale"))
 
 
 @dataclass

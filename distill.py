@@ -34,7 +34,6 @@ from roadwork_training.distill import (
     STUDENT_IMAGE_SIZE,
     DistillSettings,
     RoadworkTeacher,
-    TeacherMember,
     build_student,
     challenge_set,
     check_student,
@@ -44,12 +43,14 @@ from roadwork_training.distill import (
     format_summary,
     latency_ms,
     miner_classifier,
-    read_ensemble,
     roadwork_scores,
+    teacher_members,
     teacher_scores,
     train_student,
 )
 from roadwork_training.distill_card import distill_model_card
+from roadwork_training.ensemble import RoadworkEnsembleMember
+from roadwork_training.flag_groups import SyntheticArguments
 from roadwork_training.streetvision import (
     streetvision_model_card,
     validate_hotkey,
@@ -60,7 +61,6 @@ from roadwork_training.streetvision import (
 
 logger = logging.getLogger("roadwork.distill")
 
-SyntheticArguments = prefixed_arguments(SyntheticDatasetConfig, "synthetic_", exclude=("version",))
 # The data flags that mean something here: the student never sees metadata or view augmentation.
 DistillDataArguments = prefixed_arguments(
     DataArguments, "",
@@ -81,9 +81,10 @@ class TeacherStudentArguments:
     ensemble: str | None = field(
         default=None,
         metadata={
-            "help": 'Instead of --teacher: a JSON file {"members": [{"model": DIR_OR_HUB_ID, "weight": 1.0, '
-            '"adapter": null}, ...]} (or the bare list); the teacher is the weighted mean of the members\' '
-            "probabilities (weights are normalised; adapter = a PEFT adapter on that member)."
+            "help": 'Instead of --teacher: an ensemble file {"members": [{"model": DIR_OR_HUB_ID, "weight": 1.0, '
+            '"adapter": null}, ...]} (or the bare list; finetune_dora.py\'s ensemble.json; format in '
+            "roadwork_training/ensemble.py); the teacher is the weighted mean of the members' probabilities with "
+            "the file's weights, normalised (its combine rule is not used); adapter = a PEFT adapter on that member."
         },
     )
     student: str = field(
@@ -170,12 +171,12 @@ def parse_args(argv: list[str] | None = None) -> DistillRun:
         raise SystemExit(f"invalid flag value: {error}") from error
 
 
-def check_inputs(args: DistillRun) -> list[TeacherMember]:
+def check_inputs(args: DistillRun) -> list[RoadworkEnsembleMember]:
     """Every check that can fail on bad input, before any data or model is loaded: -> the teacher's members."""
     models, publish = args.models, args.publish
     if bool(models.teacher) == bool(models.ensemble):
         raise SystemExit("give the teacher as --teacher DIR_OR_HUB_ID or --ensemble FILE.json (exactly one of them)")
-    members = read_ensemble(models.ensemble) if models.ensemble else [TeacherMember(model=models.teacher)]
+    members = teacher_members(models.teacher, models.ensemble)
     for member in members:
         check_teacher(member.model, "--ensemble member" if models.ensemble else "--teacher")
     check_student(models.student, json_arg(models.student_config, "student_config"))

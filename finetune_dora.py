@@ -25,7 +25,7 @@ from data_collator.metadata import clean_description
 from data_collator.schema import get_column
 from data_collator.synthetic import SyntheticDatasetConfig
 from modeling_roadwork import RoadworkImageProcessor, RoadworkTextEmbedder
-from roadwork_training.arguments import RoadworkArgumentParser, prefixed_arguments, to_config
+from roadwork_training.arguments import RoadworkArgumentParser, to_config
 from roadwork_training.build import DataArguments, condition_datasets, load_data
 from roadwork_training.dora import (
     FOLDS_FILE,
@@ -46,13 +46,11 @@ from roadwork_training.dora import (
     train_fold,
 )
 from roadwork_training.dora_report import build_ensembles, write_report
+from roadwork_training.flag_groups import AugmentationArguments, SyntheticArguments
 from roadwork_training.metrics import CONDITIONS, PRIMARY_CONDITION, format_metric
 
 
 logger = logging.getLogger("roadwork.finetune_dora")
-
-SyntheticArguments = prefixed_arguments(SyntheticDatasetConfig, "synthetic_", exclude=("version",))
-AugmentationArguments = prefixed_arguments(RoadworkAugmentationConfig, "augmentation_", include=("strength", "scale"))
 
 
 @dataclass
@@ -66,7 +64,8 @@ class DoraRunArguments:
 
 def parse_args(argv: list[str] | None = None) -> DoraRunArguments:
     parser = RoadworkArgumentParser(
-        (DoraArguments, DataArguments, SyntheticArguments, AugmentationArguments, TrainingArguments), description=__doc__
+        (DoraArguments, DataArguments, SyntheticArguments, AugmentationArguments, TrainingArguments),
+        description=__doc__,
     )
     try:
         dora, data, synthetic, augmentation, training = parser.parse(argv)
@@ -77,7 +76,9 @@ def parse_args(argv: list[str] | None = None) -> DoraRunArguments:
         raise SystemExit("--base_model is required: a roadwork checkpoint folder (train.py's output_dir) or Hub id")
     metric = (training.metric_for_best_model or "").removeprefix("eval_")
     if metric != f"{PRIMARY_CONDITION}_mcc":
-        raise SystemExit(f"--metric_for_best_model must be {PRIMARY_CONDITION}_mcc (the fold's serving MCC), got {metric!r}")
+        raise SystemExit(
+            f"--metric_for_best_model must be {PRIMARY_CONDITION}_mcc (the fold's serving MCC), got {metric!r}"
+        )
     if training.push_to_hub and not training.hub_model_id:
         raise SystemExit("--push_to_hub needs --hub_model_id owner/name (fold i is pushed as owner/name-fold{i})")
     return args

@@ -34,14 +34,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from roadwork_training.arguments import RoadworkArgumentParser
+from roadwork_training.ensemble import RoadworkEnsemble, RoadworkEnsembleMember, load_ensemble
 from roadwork_training.predict import (
-    RoadworkEnsembleMember,
-    RoadworkEnsembleSpec,
     atomic_write,
     build_records,
     load_members,
     member_columns,
-    read_ensemble_file,
     resolve_device,
     run_prediction,
     write_errors,
@@ -78,9 +76,11 @@ class PredictArguments:
     )  # fmt: skip
     ensemble: str | None = field(
         default=None,
-        metadata={"help": "Ensemble JSON file (instead of --model): members {model, adapter, weight, "
-                          "validation_serving_mcc}, combine mean | mcc_weighted | stacked, meta_learner {coef, "
-                          "intercept} (stacked: sigmoid(coef . p + intercept) on the members' probabilities)."},
+        metadata={"help": "Ensemble JSON file (instead of --model), as finetune_dora.py writes it: members {model, "
+                          "adapter, weight, validation_serving_mcc, model_revision, name}, combine mean | "
+                          "mcc_weighted (the normalised weights) | stacked, stacking {coefficients, intercept} "
+                          "(stacked: sigmoid(coefficients . p + intercept) on the members' probabilities); format "
+                          "in roadwork_training/ensemble.py."},
     )  # fmt: skip
     split: str | None = field(default=None, metadata={"help": "Split of a Parquet folder or `datasets` id input."})
     tta: str = field(
@@ -143,15 +143,16 @@ def parse_args(argv: list[str] | None = None) -> PredictArguments:
     return args
 
 
-def ensemble_spec(args: PredictArguments) -> RoadworkEnsembleSpec:
+def ensemble_spec(args: PredictArguments) -> RoadworkEnsemble:
+    """--ensemble FILE, else --model with its --adapter(s) as equal-weight members combined by their mean."""
     if args.ensemble:
         try:
-            return read_ensemble_file(args.ensemble)
+            return load_ensemble(args.ensemble)
         except ValueError as error:
-            raise SystemExit(str(error)) from error
+            raise SystemExit(f"--ensemble: {error}") from error
     adapters = args.adapter or [None]
-    return RoadworkEnsembleSpec([RoadworkEnsembleMember(args.model, adapter, revision=args.revision)
-                                 for adapter in adapters])  # fmt: skip
+    members = [RoadworkEnsembleMember(args.model, adapter, model_revision=args.revision) for adapter in adapters]
+    return RoadworkEnsemble.equal_weights(members)
 
 
 def fit_ood_stats_stage(args: PredictArguments, device: torch.device) -> int:
@@ -163,7 +164,7 @@ def fit_ood_stats_stage(args: PredictArguments, device: torch.device) -> int:
     target = args.adapter[0] if args.adapter else args.model
     if not os.path.isdir(target):
         raise SystemExit(f"--fit_ood_stats writes into a local folder; {target} is not one (download it first)")
-    members, _ = load_members(ensemble_spec(args).members, device)
+    members, _ = load_members(ensemble_spec(args).resolved_members(), device)
     split = load_roadwork_splits(args.inputs[0], splits=[args.split])[args.split]
     path = write_ood_stats(members[0].model, split, target, batch_size=args.batch_size, num_workers=args.num_workers,
                            device=device, peft_model=members[0].peft_model)  # fmt: skip
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Stage 2: members, grouped by shared backbone.
     spec = ensemble_spec(args)
-    members, groups = load_members(spec.members, device, need_ood_stats=args.tta == "foods")
+    members, groups = load_members(spec.resolved_members(), device, need_ood_stats=args.tta == "foods")
     if args.backbone_batch_size:
         for group in groups:
             group.extractor.config.backbone_batch_size = args.backbone_batch_size
@@ -197,20 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     result = run_prediction(
         collected.inputs, members, groups, device=device, tta=args.tta, serving=args.serving,
         use_metadata=not args.no_metadata, seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers,
-        combine=spec.combine_probabilities, foods_keep_fraction=args.foods_keep_fraction,
+        combine=spec.combine, foods_keep_fraction=args.foods_keep_fraction,
         foods_temperature=args.foods_temperature, min_image_size=args.min_image_size,
         max_image_pixels=args.max_image_pixels, strict=args.strict,
     )  # fmt: skip
     errors = collected.errors + result.errors
 
     # Stage 4: outputs, then the evaluation when labels are known.
-    columns = member_columns(spec.members)
+    columns = member_columns(spec.resolved_members())
     records = build_records(collected.inputs, result, columns)
     write_predictions(args.output_dir, records, columns)
     write_errors(args.output_dir, errors)
     metrics = evaluate_records(records, serving=args.serving, seed=args.seed, members=columns) if args.report else {}
     settings = {k: v for k, v in asdict(args).items() if k not in ("report",)}
-    settings["combine"] = spec.combine
+    settings["combine"] = spec.combine_method
     if metrics:
         metrics = {"settings": settings, **metrics, "num_errors": len(errors), "seconds": result.seconds}
         atomic_write(os.path.join(args.output_dir, "metrics.json"), json.dumps(metrics, indent=2, default=str))

@@ -32,7 +32,7 @@ from data_collator.schema import get_column
 from data_collator.synthetic import SyntheticDatasetConfig
 from modeling_roadwork import RoadworkImageProcessor, RoadworkTextEmbedder
 from roadwork_training import RoadworkTrainer, compute_metrics
-from roadwork_training.arguments import RoadworkArgumentParser, prefixed_arguments, to_config
+from roadwork_training.arguments import RoadworkArgumentParser, to_config
 from roadwork_training.build import (
     DataArguments,
     ModelArguments,
@@ -42,16 +42,12 @@ from roadwork_training.build import (
     load_data,
 )
 from roadwork_training.feature_cache import FeatureCacheArguments, feature_cache_from_training
+from roadwork_training.flag_groups import AugmentationArguments, GPSConfigArguments, SyntheticArguments
 from roadwork_training.metrics import CONDITIONS, PRIMARY_CONDITION, format_metric
 from roadwork_training.trainer import best_evaluation
 
 
 logger = logging.getLogger("roadwork.train")
-
-# The library's own dataclasses as flag groups: defaults and help are defined once, in data_collator.
-SyntheticArguments = prefixed_arguments(SyntheticDatasetConfig, "synthetic_", exclude=("version",))
-GPSConfigArguments = prefixed_arguments(RoadworkGPSWeightingConfig, "gps_", exclude=("seed",))
-AugmentationArguments = prefixed_arguments(RoadworkAugmentationConfig, "augmentation_", include=("strength", "scale"))
 
 
 @dataclass
@@ -148,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
     # With --feature_cache the backbone runs once per image and pass here, and the datasets read the stored features.
     cache = feature_cache_from_training(args.cache, model, image_processor, training_args)
     conditions = condition_datasets if cache is None else cache.condition_datasets
-    dropout = dict(metadata_dropout=args.data.metadata_dropout, metadata_field_dropout=args.data.metadata_field_dropout)
+    dropout = dict(
+        metadata_dropout=args.data.metadata_dropout, metadata_field_dropout=args.data.metadata_field_dropout
+    )
     if cache is None:
         train_dataset = RoadworkDataset(
             splits["train"], image_processor, vocabularies=config, augmentation=RoadworkViewAugmenter(args.augmentation),

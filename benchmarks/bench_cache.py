@@ -21,13 +21,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data_collator import (RoadworkDataCollator, RoadworkDataset, RoadworkViewAugmenter, SyntheticDatasetConfig,
-                           build_vocabularies, ensure_synthetic_dataset, load_roadwork_splits)  # fmt: skip
+from data_collator import (
+    RoadworkDataCollator,
+    RoadworkDataset,
+    RoadworkViewAugmenter,
+    SyntheticDatasetConfig,
+    build_vocabularies,
+    ensure_synthetic_dataset,
+    load_roadwork_splits,
+)
 from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor
 from roadwork_backbones import ensure_efficientnet_lite0
 from roadwork_training.arguments import RoadworkArgumentParser
 from roadwork_training.feature_cache import RoadworkFeatureCache, RoadworkFeatureExtractor
 from roadwork_training.head_training import HeadTrainingSettings, train_head
+
 
 # The quickstart head (configs/quickstart.yaml model_overrides).
 HEAD = dict(hidden_size=128, num_attention_heads=4, num_attention_layers=2, fusion_hidden_size=128,
@@ -36,10 +44,14 @@ HEAD = dict(hidden_size=128, num_attention_heads=4, num_attention_layers=2, fusi
 
 @dataclass
 class BenchCacheArguments:
-    num_train: int = field(default=204, metadata={"help": "Synthetic training rows (quickstart: 204 after validation)."})
+    num_train: int = field(
+        default=204, metadata={"help": "Synthetic training rows (quickstart: 204 after validation)."}
+    )
     view_size: int = field(default=96, metadata={"help": "Side of each view for the backbone."})
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
-    data_dir: str | None = field(default=None, metadata={"help": "Where the synthetic data goes (default: a temp dir)."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Where the synthetic data goes (default: a temp dir)."}
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,8 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as cache_dir:
         extractor = RoadworkFeatureExtractor(model, processor, cache_dir, batch_size=args.batch_size, progress=False)
         started = time.perf_counter()
-        cached = RoadworkFeatureCache(extractor).train_dataset(train, processor, model.config, augmenter, 42,
-                                                               metadata_dropout=0.5, scan_metadata_on_init=False)
+        cached = RoadworkFeatureCache(extractor).train_dataset(
+            train, processor, model.config, augmenter, 42, metadata_dropout=0.5, scan_metadata_on_init=False
+        )
         extraction = time.perf_counter() - started
         (from_cache,) = train_head(copy.deepcopy(model), cached, collator, settings)
     ratio = from_cache / end_to_end

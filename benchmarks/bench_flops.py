@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
     head = head_flops(args.head_batch)
     total = backbone + head
     rate = UTILISATION * H100_BF16_DENSE_PEAK
-    print(f"ViT-H+/16 at {args.view_size} px: {per_view['tokens']} tokens, {per_view['total'] / 1e12:.2f} TFLOP per view")
+    print(
+        f"ViT-H+/16 at {args.view_size} px: {per_view['tokens']} tokens, {per_view['total'] / 1e12:.2f} TFLOP per view"
+    )
     for name in ("patch_embed", "qkv", "attention", "out_proj", "mlp"):
         print(f"  {name:12s} {per_view[name] / 1e9:9.1f} GFLOP ({per_view[name] / per_view['total']:.1%})")
     print(f"backbone x {args.num_views} views: {backbone / 1e12:.2f} TFLOP per image; head: {head / 1e9:.3f} GFLOP "

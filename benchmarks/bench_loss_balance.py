@@ -56,12 +56,16 @@ def component_gradients(model, batch) -> dict[str, dict[str, float]]:
             continue
         weighted = weights[name] * value
         grad = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
-        grads[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grad, params)])
+        grads[name] = torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grad, params)]
+        )
         values[name] = weighted.item()
     focal = grads.get("focal_loss")
     result = {}
     for name, grad in grads.items():
-        cosine = float(torch.nn.functional.cosine_similarity(grad, focal, dim=0)) if focal is not None else float("nan")
+        cosine = (
+            float(torch.nn.functional.cosine_similarity(grad, focal, dim=0)) if focal is not None else float("nan")
+        )
         result[name] = {"loss": values[name], "grad_norm": float(grad.norm()), "cosine_to_focal": cosine}
     return result
 
@@ -87,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
         splits["train"], processor, vocabularies=model.config, augmentation=RoadworkViewAugmenter(run.augmentation),
         seed=seed, metadata_dropout=run.data.metadata_dropout, metadata_field_dropout=run.data.metadata_field_dropout,
     )  # fmt: skip
-    collator = RoadworkDataCollator(text_embed_dim=model.config.text_embed_dim, seg_mask_size=model.config.seg_resolution)
+    collator = RoadworkDataCollator(
+        text_embed_dim=model.config.text_embed_dim, seg_mask_size=model.config.seg_resolution
+    )
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=run.training.per_device_train_batch_size, shuffle=True, collate_fn=collator,
         generator=torch.Generator().manual_seed(seed),

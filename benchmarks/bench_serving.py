@@ -31,7 +31,7 @@ from data_collator import ensure_synthetic_dataset, load_roadwork_splits  # noqa
 from data_collator.synthetic import SyntheticDatasetConfig  # noqa: E402
 from modeling_roadwork import RoadworkForImageClassification  # noqa: E402
 from roadwork_training.build import stratified_subset  # noqa: E402
-from roadwork_training.evaluation import evaluate_conditions, label_balance, linear_probe_baseline  # noqa: E402
+from roadwork_training.evaluation import evaluate_split_conditions, label_balance, linear_probe_baseline  # noqa: E402
 from roadwork_training.metrics import CONDITIONS, format_metric  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_split = stratified_subset(splits[args.train_split], args.max_samples, args.seed)
     eval_split = stratified_subset(splits[args.split], args.max_samples, args.seed)
 
-    model_metrics = evaluate_conditions(model, eval_split, seed=args.seed, batch_size=args.batch_size)
+    model_metrics = evaluate_split_conditions(model, eval_split, seed=args.seed, batch_size=args.batch_size)
     probe_metrics = linear_probe_baseline(model, train_split, eval_split, seed=args.seed, c=args.probe_c,
                                           batch_size=args.batch_size)  # fmt: skip
     print(f"{checkpoint} on {source} [{args.split}: {len(eval_split)} rows, {label_balance(eval_split)}]")

@@ -75,11 +75,21 @@ VIEW_FEATURES_COLUMN = "view_features"
 TEXT_EMBEDS_COLUMN = "text_embeds"
 
 
-def _example_seed(seed: int | None, epoch: int, index: int, stream: int, draw: int = 0) -> int | None:
+# The seed streams of `example_seed`: each random part of an example draws from its own stream.
+SEED_STREAM_VIEWS = 0  # per-view augmentation (RoadworkViewAugmenter)
+SEED_STREAM_TRANSFORM = 1  # the whole-image transform (e.g. the validators' challenge transform)
+SEED_STREAM_METADATA = 2  # metadata dropout
+
+
+def example_seed(seed: int | None, epoch: int, index: int, stream: int, draw: int = 0) -> int | None:
     """
-    Independent seeds per (seed, epoch, row, stream, draw); stream 0 = views, 1 = whole-image transform, 2 = metadata
-    dropout. `draw` counts earlier draws of the same row in the epoch (a sampler with replacement repeats rows), so
-    every draw gets its own augmentation; the first draw keeps the seed it had before draws were counted.
+    The seed `RoadworkDataset` gives one random part of one example: independent per (seed, epoch, row, stream,
+    draw); None when `seed` is None (unseeded). Streams: `SEED_STREAM_VIEWS` (0) = per-view augmentation,
+    `SEED_STREAM_TRANSFORM` (1) = the whole-image transform, `SEED_STREAM_METADATA` (2) = metadata dropout. Code
+    outside the dataset that must reproduce its draws (predict.py's serving images, distill.py's challenge images,
+    the feature cache's passes) calls this with the same arguments. `draw` counts earlier draws of the same row in
+    the epoch (a sampler with replacement repeats rows), so every draw gets its own augmentation; the first draw
+    keeps the seed it had before draws were counted.
     """
     if seed is None:
         return None
@@ -241,7 +251,7 @@ class RoadworkDataset(torch.utils.data.Dataset):
                 return self._corrupt(example, index, error)
             masks = self._masks(row)
             if self.augmenter is not None and self.augmenter.enabled:
-                seed = _example_seed(self.seed, self.epoch, index, 0, draw)
+                seed = example_seed(self.seed, self.epoch, index, SEED_STREAM_VIEWS, draw)
                 if masks is not None:
                     views, masks = self._augment_with_masks(views, masks, seed)
                 else:
@@ -267,7 +277,7 @@ class RoadworkDataset(torch.utils.data.Dataset):
             return drop_metadata_fields(encoded)
         if self.metadata_dropout == 0.0 and self.metadata_field_dropout == 0.0:
             return encoded
-        rng = np.random.default_rng(_example_seed(self.seed, self.epoch, index, 2, draw))
+        rng = np.random.default_rng(example_seed(self.seed, self.epoch, index, SEED_STREAM_METADATA, draw))
         if rng.random() < self.metadata_dropout:
             return drop_metadata_fields(encoded)
         dropped = [name for name in METADATA_FIELDS if rng.random() < self.metadata_field_dropout]
@@ -280,7 +290,9 @@ class RoadworkDataset(torch.utils.data.Dataset):
         if self.image_transform is None:
             return dict(cell) if isinstance(cell, Mapping) else cell
         image = self.image_processor.load_image(dict(cell) if isinstance(cell, Mapping) else cell)
-        return self.image_transform(image, seed=_example_seed(self.seed, self.epoch, index, 1, draw))
+        return self.image_transform(
+            image, seed=example_seed(self.seed, self.epoch, index, SEED_STREAM_TRANSFORM, draw)
+        )
 
     def _masks(self, row: Mapping[str, Any]) -> np.ndarray | None:
         if not self.with_seg_masks or self.image_transform is not None:
@@ -440,6 +452,10 @@ __all__ = [
     "FORWARD_KEYS",
     "RoadworkDataCollator",
     "RoadworkDataset",
+    "SEED_STREAM_METADATA",
+    "SEED_STREAM_TRANSFORM",
+    "SEED_STREAM_VIEWS",
     "decode_draw",
     "encode_draw",
+    "example_seed",
 ]

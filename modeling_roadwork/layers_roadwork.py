@@ -146,7 +146,9 @@ class RoadworkMetadataEncoder(nn.Module):
             gps = torch.full((B, 2), float("nan"), device=device)
         gps = gps.to(device=device, dtype=torch.float32).reshape(B, 2)
         valid = torch.isfinite(gps).all(dim=-1, keepdim=True) & (gps[:, :1].abs() <= 90) & (gps[:, 1:].abs() <= 180)
-        encoded = gps_sinusoidal_encoding(torch.where(valid, gps, torch.zeros_like(gps)), self.gps_dim, self.gps_max_frequency)
+        encoded = gps_sinusoidal_encoding(
+            torch.where(valid, gps, torch.zeros_like(gps)), self.gps_dim, self.gps_max_frequency
+        )
         parts = [torch.where(valid, encoded, self.gps_null_embedding.expand(B, -1))]
         for table, ids in (
             (self.weather_embeddings, weather_ids),

@@ -14,7 +14,12 @@ LOSS_WEIGHT_FIELDS = {name: f"{name}_weight" for name in LOSS_COMPONENTS}
 
 
 def focal_loss(
-    logits: torch.Tensor, labels: torch.Tensor, *, gamma: float = 2.0, alpha: float = 0.25, label_smoothing: float = 0.1
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: float = 0.25,
+    label_smoothing: float = 0.1,
 ) -> torch.Tensor:
     """
     Focal loss on label-smoothed cross-entropy: `alpha_t * (1 - p_t) ** gamma * CE_smoothed`, where `p_t` is the

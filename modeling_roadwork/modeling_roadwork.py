@@ -180,7 +180,9 @@ class RoadworkPreTrainedModel(PreTrainedModel):
         ... )
         ```
         """
-        backbone, preprocessing = load_backbone(backbone_name_or_path, weights=backbone_weights, kwargs=backbone_kwargs)
+        backbone, preprocessing = load_backbone(
+            backbone_name_or_path, weights=backbone_weights, kwargs=backbone_kwargs
+        )
         config = RoadworkConfig(backbone_config=backbone.config, **{**preprocessing, **config_overrides})
         model = cls(config)
         base = model if isinstance(model, RoadworkModel) else getattr(model, cls.base_model_prefix)

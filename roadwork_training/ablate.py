@@ -78,14 +78,17 @@ ABLATION_NAMES = tuple(a.name for a in ABLATIONS)
 
 @dataclass
 class AblationArguments:
-    seeds: int = field(default=3, metadata={"help": "Seeds per ablation (seed, seed+1, ...); the table shows mean +- std."})
+    seeds: int = field(
+        default=3, metadata={"help": "Seeds per ablation (seed, seed+1, ...); the table shows mean +- std."}
+    )
     ablations: list[str] = field(
         default_factory=lambda: list(ABLATION_NAMES),
         metadata={"help": f"Which rows to run, in order (default all): {', '.join(ABLATION_NAMES)}."},
     )
     output_dir: str = field(default="outputs/ablations", metadata={"help": "Where the table, JSON and PNG go."})
     gps_weighting: bool = field(
-        default=True, metadata={"help": "GPS-weighted sampling in the reference (the no_gps_weighting row turns it off)."}
+        default=True,
+        metadata={"help": "GPS-weighted sampling in the reference (the no_gps_weighting row turns it off)."},
     )
     allow_weak_gps_weighting: bool = field(
         default=False, metadata={"help": "Run even if the GPS weighting misses its criteria (--gps_min_*)."}
@@ -121,7 +124,15 @@ def parse_args(argv: list[str] | None = None):
     model, data, synthetic, augmentation, gps, cache, ablation = parser.parse(argv)
     if not cache.feature_cache:
         cache.feature_cache = os.path.join(ablation.output_dir, "feature_cache")
-    return model, data, to_config(synthetic), to_config(augmentation), to_config(gps, seed=ablation.seed), cache, ablation
+    return (
+        model,
+        data,
+        to_config(synthetic),
+        to_config(augmentation),
+        to_config(gps, seed=ablation.seed),
+        cache,
+        ablation,
+    )
 
 
 def ablated_model(base_config, ablation: Ablation, seed: int) -> RoadworkForImageClassification:
@@ -217,10 +228,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             logger.info("skipping no_weather_loss: the weather head is off for this data")
             continue
         view_cache = RoadworkFeatureCache(cache.extractor, cache.num_passes, keep_views=ablation.keep_views)
-        dropout = dict(metadata_dropout=data_args.metadata_dropout, metadata_field_dropout=data_args.metadata_field_dropout)
+        dropout = dict(
+            metadata_dropout=data_args.metadata_dropout, metadata_field_dropout=data_args.metadata_field_dropout
+        )
         if not ablation.metadata_dropout:
             dropout = dict(metadata_dropout=0.0, metadata_field_dropout=0.0)
-        train_dataset = view_cache.train_dataset(splits["train"], processor, base.config, augmenter, args.seed, **dropout)
+        train_dataset = view_cache.train_dataset(
+            splits["train"], processor, base.config, augmenter, args.seed, **dropout
+        )
         conditions = view_cache.condition_datasets(target, processor, base.config, args.seed)
         conditions = {c: conditions[c] for c in REPORTED_CONDITIONS}
         for offset in range(args.seeds):
@@ -259,7 +274,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         json.dump({"data": data_line, "rows": rows, "runs": runs}, f, indent=2)
     bar_chart(rows, os.path.join(args.output_dir, "ablations.png"), data_line[:160])
     print(table, flush=True)
-    print(f"ablations: {len(runs)} runs in {time.time() - started:.0f} s; {os.path.abspath(args.output_dir)}", flush=True)
+    print(
+        f"ablations: {len(runs)} runs in {time.time() - started:.0f} s; {os.path.abspath(args.output_dir)}", flush=True
+    )
     return rows
 
 

@@ -19,20 +19,17 @@ import torch
 from accelerate import PartialState
 from transformers import TrainingArguments
 
-from data_collator import RoadworkAugmentationConfig, RoadworkViewAugmenter
+from data_collator import RoadworkViewAugmenter
 from data_collator.gps_weighting import RoadworkGPSWeightingConfig
-from data_collator.synthetic import SyntheticDatasetConfig
 from modeling_roadwork import RoadworkImageProcessor
 
-from .arguments import RoadworkArgumentParser, prefixed_arguments, to_config
+from .arguments import RoadworkArgumentParser, to_config
 from .build import DataArguments, ModelArguments, build_model, load_data
 from .feature_cache import CachePass, FeatureCacheArguments, RoadworkFeatureExtractor, disk_use
+from .flag_groups import AugmentationArguments, SyntheticArguments
 
 
 logger = logging.getLogger("roadwork.cache")
-
-SyntheticArguments = prefixed_arguments(SyntheticDatasetConfig, "synthetic_", exclude=("version",))
-AugmentationArguments = prefixed_arguments(RoadworkAugmentationConfig, "augmentation_", include=("strength", "scale"))
 
 
 @dataclass

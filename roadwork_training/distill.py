@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import statistics
 import time
@@ -32,9 +31,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data_collator import RoadworkValidatorTransform
-from data_collator.collator import _example_seed  # the seeds RoadworkDataset gives the whole-image transform
+from data_collator.collator import SEED_STREAM_TRANSFORM, example_seed
 from data_collator.schema import IMAGE_COLUMN, LABEL_COLUMN, labels_array
 
+from .ensemble import RoadworkEnsembleMember, load_ensemble
 from .metrics import classification_metrics, format_metric
 
 
@@ -51,9 +51,6 @@ STUDENT_MODEL_TYPES = (
     "regnet", "resnet", "segformer", "swiftformer", "swin", "swinv2", "vit", "vit_msn",
 )  # fmt: skip
 DEFAULT_STUDENT = "facebook/dinov2-small"
-# The whole-image transform stream of RoadworkDataset's seeds (stream 1): the same challenge image as the
-# `serving` evaluation condition of train.py for epoch 0.
-_TRANSFORM_STREAM = 1
 
 
 # --- teacher --------------------------------------------------------------------------------------------------
@@ -80,52 +77,18 @@ def check_teacher(name_or_path: str, flag: str = "--teacher") -> None:
         )
 
 
-@dataclass
-class TeacherMember:
-    """One checkpoint of the teacher (optionally with a PEFT adapter) and its weight in the average."""
-
-    model: str
-    weight: float = 1.0
-    adapter: str | None = None
-
-
-def read_ensemble(path: str) -> list[TeacherMember]:
+def teacher_members(teacher: str | None, ensemble: str | None) -> list[RoadworkEnsembleMember]:
     """
-    The members of an ensemble file: JSON `{"members": [{"model": DIR_OR_HUB_ID, "weight": 1.0, "adapter": null},
-    ...]}` (the format predict.py and finetune_dora.py write), or the bare list. `weight` defaults to 1 and
-    weights are normalised to sum to 1; `adapter` (a PEFT adapter folder or Hub id) is optional.
+    The teacher's members: `--teacher` alone, or the members of the `--ensemble` file (the one format of
+    `roadwork_training.ensemble`: an object or the bare list; paths resolved against the file; weights normalised).
+    SystemExit naming the file and the bad field when the file is wrong.
     """
+    if ensemble is None:
+        return [RoadworkEnsembleMember(model=teacher)]
     try:
-        with open(path) as f:
-            content = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"--ensemble {path}: cannot read it as JSON ({error})") from error
-    entries = content.get("members") if isinstance(content, dict) else content
-    if not isinstance(entries, list) or not entries:
-        raise SystemExit(
-            f"--ensemble {path}: expected {{\"members\": [{{\"model\": ..., \"weight\": ...}}, ...]}} or a JSON list "
-            "of such members, with at least one member"
-        )
-    members = []
-    for position, entry in enumerate(entries):
-        if isinstance(entry, str):
-            entry = {"model": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
-            raise SystemExit(f"--ensemble {path}: member {position} has no \"model\" (a checkpoint folder or Hub id)")
-        unknown = set(entry) - {"model", "weight", "adapter", "name"}
-        if unknown:
-            raise SystemExit(f"--ensemble {path}: member {position} has unknown keys {sorted(unknown)}")
-        weight = entry.get("weight", 1.0)
-        if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            raise SystemExit(f"--ensemble {path}: member {position} weight must be a positive number, got {weight!r}")
-        model = entry["model"]
-        if not os.path.isabs(model) and os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)), model)):
-            model = os.path.join(os.path.dirname(os.path.abspath(path)), model)  # relative to the file
-        members.append(TeacherMember(model=model, weight=float(weight), adapter=entry.get("adapter")))
-    total = sum(m.weight for m in members)
-    for member in members:
-        member.weight /= total
-    return members
+        return load_ensemble(ensemble).resolved_members()
+    except ValueError as error:
+        raise SystemExit(f"--ensemble {error}") from error
 
 
 class RoadworkTeacher:
@@ -134,7 +97,7 @@ class RoadworkTeacher:
     on the challenge image, no metadata. `probabilities(images, temperature)` -> (B, 2).
     """
 
-    def __init__(self, members: Sequence[TeacherMember]):
+    def __init__(self, members: Sequence[RoadworkEnsembleMember]):
         from transformers import AutoModelForImageClassification
 
         from modeling_roadwork import RoadworkImageProcessor
@@ -142,13 +105,14 @@ class RoadworkTeacher:
         self.members = list(members)
         self.models, self.processors = [], []
         for member in self.members:
-            model = AutoModelForImageClassification.from_pretrained(member.model, trust_remote_code=True)
+            kwargs = {"revision": member.model_revision} if member.model_revision else {}
+            model = AutoModelForImageClassification.from_pretrained(member.model, trust_remote_code=True, **kwargs)
             if member.adapter:
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, member.adapter)
             self.models.append(model.eval())
-            self.processors.append(RoadworkImageProcessor.from_pretrained(member.model))
+            self.processors.append(RoadworkImageProcessor.from_pretrained(member.model, **kwargs))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for model in self.models for p in model.parameters())
@@ -330,7 +294,8 @@ class ChallengeImages(torch.utils.data.Dataset):
         row = self.split[index]
         cell = row[IMAGE_COLUMN]
         image = self.loader.load_image(dict(cell) if isinstance(cell, dict) else cell)
-        challenge = self.transform(image, seed=_example_seed(self.seed, self.epoch, index, _TRANSFORM_STREAM))
+        # RoadworkDataset's seed for the whole-image transform: epoch 0 is the `serving` condition of train.py.
+        challenge = self.transform(image, seed=example_seed(self.seed, self.epoch, index, SEED_STREAM_TRANSFORM))
         return {"image": challenge, "label": int(row[LABEL_COLUMN]), "index": index}
 
 
@@ -497,7 +462,6 @@ __all__ = [
     "STUDENT_ID2LABEL",
     "STUDENT_IMAGE_SIZE",
     "STUDENT_MODEL_TYPES",
-    "TeacherMember",
     "build_student",
     "challenge_set",
     "check_student",
@@ -510,7 +474,7 @@ __all__ = [
     "latency_ms",
     "legacy_config_dict",
     "miner_classifier",
-    "read_ensemble",
+    "teacher_members",
     "roadwork_scores",
     "teacher_scores",
     "train_student",

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, TrainingArguments
 
 from data_collator import RoadworkDataset, labels_array
 from data_collator.schema import ID_COLUMN, get_column
@@ -542,7 +542,9 @@ Inputs are the base's: `AutoImageProcessor.from_pretrained("{base_model}", trust
     return str(ModelCard(content))
 
 
-def push_fold(fold_dir: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool | None = None) -> str:
+def push_fold(
+    fold_dir: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool | None = None
+) -> str:
     """Uploads the fold's adapter, card and record as its own Hub repo -> the commit id."""
     from huggingface_hub import HfApi
 

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .ensemble import RoadworkEnsemble, RoadworkEnsembleMember, combine_mean, combine_stacked, combine_weighted, mcc_weights
+from .ensemble import (
+    RoadworkEnsemble,
+    RoadworkEnsembleMember,
+    combine_mean,
+    combine_stacked,
+    combine_weighted,
+    mcc_weights,
+)
 from .metrics import PRIMARY_CONDITION, classification_metrics, format_metric
 
 
@@ -96,7 +103,9 @@ def build_ensembles(
     if all(holdouts):
         ids = holdouts[0]["ids"]
         if any(h["ids"] != ids for h in holdouts):
-            raise ValueError("the members predicted different holdout rows; retrain the folds with one --ensemble_split")
+            raise ValueError(
+                "the members predicted different holdout rows; retrain the folds with one --ensemble_split"
+            )
         P = np.stack([np.asarray(h["probabilities"]) for h in holdouts], axis=1)  # (N, M)
         y = np.asarray(holdouts[0]["labels"])
         report["holdout_rows"] = len(y)

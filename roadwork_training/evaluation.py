@@ -55,7 +55,7 @@ def predict_probabilities(
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
-def evaluate_conditions(
+def evaluate_split_conditions(
     model: RoadworkForImageClassification,
     split,
     *,
@@ -66,8 +66,10 @@ def evaluate_conditions(
     num_workers: int = 0,
 ) -> dict[str, float]:
     """
-    `{condition}_{metric}` for every condition of `roadwork_training.metrics.CONDITIONS` (the same datasets and seed
-    as `train.py`'s evaluations, so the numbers match its `test_*` metrics).
+    `{condition}_{metric}` for every condition of `roadwork_training.metrics.CONDITIONS`, built here from the raw
+    `split` (the same datasets and seed as `train.py`'s evaluations, so the numbers match its `test_*` metrics).
+    Not `roadwork_training.head_training.evaluate_conditions`, which scores ready-made condition datasets (e.g. from
+    the feature cache) and returns `{condition: metrics}`.
     """
     processor = image_processor or RoadworkImageProcessor.from_model_config(model.config)
     collator = collator or metadata_collator(model.config)
@@ -170,7 +172,7 @@ def label_balance(split) -> str:
 __all__ = [
     "PROBE_VIEW_SIZE",
     "LinearProbe",
-    "evaluate_conditions",
+    "evaluate_split_conditions",
     "label_balance",
     "linear_probe_baseline",
     "metadata_collator",

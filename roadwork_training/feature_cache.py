@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,8 @@ def _roadwork_base(model):
 
 
 def backbone_fingerprint(model) -> str:
-    """sha256 over the backbone's state dict (names, dtypes, shapes, bytes): two models share features iff equal."""
+    """sha256 over the backbone's state dict (names, dtypes, shapes, bytes): two models share features iff equal.
+    The project's one backbone fingerprint: cache keys, `RoadworkSharedBackbone` and predict.py's backbone groups."""
     backbone = _roadwork_base(model).backbone
     digest = hashlib.sha256()
     for name, tensor in sorted(backbone.state_dict().items()):
@@ -309,7 +310,9 @@ class RoadworkFeatureExtractor:
         if index == 0:
             missing = [s for s in range(len(ranges)) if not self._shard_path(directory, s).is_dir()]
             if missing:
-                raise RuntimeError(f"feature cache {directory}: shards {missing} were not written; run again to resume")
+                raise RuntimeError(
+                    f"feature cache {directory}: shards {missing} were not written; run again to resume"
+                )
             size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
             info = {"rows": len(split), "shards": len(ranges), "bytes": size, "bytes_per_image": size / max(len(split), 1),
                     "pass": cache_pass.name, "dtype": self.dtype, "created": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
@@ -355,7 +358,9 @@ class RoadworkFeatureExtractor:
                     for row, value in zip(rows, out.cpu().numpy().astype(self.dtype)):
                         features[row] = value
                 if corrupt:
-                    logger.warning("feature cache: rows %s have no decodable image; they stay dropped examples", corrupt)
+                    logger.warning(
+                        "feature cache: rows %s have no decodable image; they stay dropped examples", corrupt
+                    )
                 bar.update(len(rows) + len(corrupt))
             self._write_shard(split, cache_pass, directory, shard, start, stop, features)
         bar.close()
@@ -480,7 +485,9 @@ class RoadworkFeatureCache:
     >>> eval_dataset = cache.condition_datasets(splits["validation"], image_processor, model.config, seed)
     """
 
-    def __init__(self, extractor: RoadworkFeatureExtractor, num_passes: int = 1, keep_views: Sequence[int] | None = None):
+    def __init__(
+        self, extractor: RoadworkFeatureExtractor, num_passes: int = 1, keep_views: Sequence[int] | None = None
+    ):
         self.extractor = extractor
         self.num_passes = int(num_passes)
         self.keep_views = keep_views
@@ -495,7 +502,9 @@ class RoadworkFeatureCache:
         return cls(extractor, args.feature_cache_passes, **kwargs)
 
     def training_passes(self, augmenter: RoadworkViewAugmenter | None, seed: int) -> list[CachePass]:
-        passes = list({p.name: p for p in (CachePass.training(k, augmenter, seed) for k in range(self.num_passes))}.values())
+        passes = list(
+            {p.name: p for p in (CachePass.training(k, augmenter, seed) for k in range(self.num_passes))}.values()
+        )
         if len(passes) < self.num_passes:
             logger.info("feature cache: no training augmentation, so one clean pass instead of %d", self.num_passes)
         return passes
@@ -509,7 +518,9 @@ class RoadworkFeatureCache:
             CachedSplit(tables, self.keep_views), image_processor, vocabularies=config, seed=seed, **dataset_kwargs
         )
 
-    def condition_datasets(self, split, image_processor, config, seed: int, **dataset_kwargs) -> dict[str, RoadworkDataset]:
+    def condition_datasets(
+        self, split, image_processor, config, seed: int, **dataset_kwargs
+    ) -> dict[str, RoadworkDataset]:
         """`roadwork_training.build.condition_datasets` from the cache: `serving` reads the cached serving pass."""
         serving = CachedSplit([self.extractor.extract(split, CachePass.serving(seed))], self.keep_views)
         clean = CachedSplit([self.extractor.extract(split, CachePass.clean())], self.keep_views)
@@ -533,7 +544,9 @@ def feature_cache_from_training(args: FeatureCacheArguments, model, image_proces
     model.to(training_args.device)
     if _roadwork_base(model).config.use_segmentation:
         logger.warning("feature cache: segmentation masks are not cached, so the segmentation loss is skipped")
-    return RoadworkFeatureCache.from_arguments(args, model, image_processor, accelerator=training_args.distributed_state)
+    return RoadworkFeatureCache.from_arguments(
+        args, model, image_processor, accelerator=training_args.distributed_state
+    )
 
 
 # --- one backbone pass for many heads -------------------------------------------------------------------------
@@ -597,7 +610,11 @@ def predict_heads(backbone_model, heads: Sequence[Any], pixel_values: torch.Tens
 def disk_use(cache_dir: str | os.PathLike) -> dict[str, int]:
     """Bytes on disk per pass folder of a cache root."""
     root = Path(cache_dir)
-    return {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in sorted(root.iterdir()) if d.is_dir()}
+    return {
+        d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        for d in sorted(root.iterdir())
+        if d.is_dir()
+    }
 
 
 __all__ = [

@@ -96,7 +96,11 @@ def condition_table(metrics: Mapping[str, float], split: str, names: Sequence[st
         return ""
     rows = ["| metric | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
     for name in names:
-        rows.append(f"| {name} | " + " | ".join(format_metric(metrics.get(f"{split}_{c}_{name}"), name) for c in present) + " |")
+        rows.append(
+            f"| {name} | "
+            + " | ".join(format_metric(metrics.get(f"{split}_{c}_{name}"), name) for c in present)
+            + " |"
+        )
     return "\n".join(rows)
 
 

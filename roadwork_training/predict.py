@@ -1,22 +1,15 @@
 """Prediction with one model, a model with DoRA adapters, or an ensemble, with test-time augmentation.
 
 The backbone runs once per image and TTA variant for every member that shares it: members are grouped by their
-backbone (a fingerprint of its config and weights, so members from one base checkpoint, and different heads trained
-on the same frozen backbone, share one pass); `RoadworkModel.extract_view_features` runs once per group and every
+backbone (`backbone_pass_key`: the feature cache's exact weight hash `backbone_fingerprint`, the backbone config
+and autocast dtype, so members from one base checkpoint, and different heads trained on the same frozen backbone,
+share one pass); `RoadworkModel.extract_view_features` runs once per group and every
 member's head reads the features through `forward(view_features=...)`. Adapters are loaded with
 `peft.PeftModel.from_pretrained` / `load_adapter` onto one copy of their base and switched with `set_adapter`; an
 adapter that touches the backbone is refused, since the shared pass would ignore it.
 
-Ensemble files (`--ensemble FILE.json`, the format `finetune_dora.py` writes; a hand-written one works):
-
-    {"members": [{"model": "base dir or Hub id", "adapter": "dir, Hub id or null", "weight": 1.0,
-                  "validation_serving_mcc": 0.61, "revision": null}, ...],
-     "combine": "mean" | "mcc_weighted" | "stacked",
-     "meta_learner": {"coef": [...one per member...], "intercept": 0.0}}
-
-`mean`: weighted mean of the members' probabilities with `weight` (default 1). `mcc_weighted`: weights
-`max(validation_serving_mcc, 0)`. `stacked`: logistic regression on the members' probabilities (not logits),
-`sigmoid(coef . p + intercept)`. Relative paths are resolved against the file's folder.
+Ensemble files (`--ensemble FILE.json`, the format `finetune_dora.py` writes; a hand-written one works) are read
+by `roadwork_training.ensemble.load_ensemble`, which documents the format and the combine rules.
 """
 
 from __future__ import annotations
@@ -27,7 +20,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +32,8 @@ from tqdm.auto import tqdm
 from data_collator.metadata import RoadworkMetadataParser, collate_metadata, null_metadata
 from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor, RoadworkTextEmbedder
 
+from .ensemble import RoadworkEnsembleMember
+from .feature_cache import backbone_fingerprint
 from .predict_inputs import (
     GROUP_COLUMNS,
     RoadworkInputError,
@@ -60,107 +54,6 @@ from .tta import (
 
 
 logger = logging.getLogger(__name__)
-
-COMBINE_MODES = ("mean", "mcc_weighted", "stacked")
-
-
-# --- ensemble files ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RoadworkEnsembleMember:
-    model: str
-    adapter: str | None = None
-    weight: float = 1.0
-    validation_serving_mcc: float | None = None
-    revision: str | None = None
-
-    @property
-    def name(self) -> str:
-        source = self.adapter or self.model
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(source)) or source)
-
-
-@dataclass
-class RoadworkEnsembleSpec:
-    members: list[RoadworkEnsembleMember]
-    combine: str = "mean"
-    meta_learner: dict | None = None
-
-    def __post_init__(self):
-        if not self.members:
-            raise ValueError("an ensemble needs at least one member")
-        if self.combine not in COMBINE_MODES:
-            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
-        if self.combine == "stacked":
-            coef = (self.meta_learner or {}).get("coef")
-            if coef is None or len(coef) != len(self.members) or "intercept" not in self.meta_learner:
-                raise ValueError(
-                    f"combine 'stacked' needs meta_learner {{'coef': [{len(self.members)} numbers], 'intercept': x}}, "
-                    f"got {self.meta_learner!r}"
-                )
-        if self.combine == "mcc_weighted" and any(m.validation_serving_mcc is None for m in self.members):
-            raise ValueError("combine 'mcc_weighted' needs validation_serving_mcc on every member")
-        if any(not (m.weight >= 0) for m in self.members) or not sum(m.weight for m in self.members) > 0:
-            raise ValueError(f"member weights must be >= 0 and not all 0, got {[m.weight for m in self.members]}")
-
-    def member_weights(self) -> np.ndarray:
-        """(M,) weights of the mean (`mean`: `weight`; `mcc_weighted`: max(MCC, 0), or equal if every MCC <= 0)."""
-        if self.combine == "mcc_weighted":
-            weights = np.array([max(float(m.validation_serving_mcc), 0.0) for m in self.members])
-            if weights.sum() == 0:
-                logger.warning("every member has validation_serving_mcc <= 0: combining with equal weights")
-                weights = np.ones(len(self.members))
-        else:
-            weights = np.array([float(m.weight) for m in self.members])
-        return weights / weights.sum()
-
-    def combine_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
-        """(N, M) member probabilities -> (N,) ensemble probability."""
-        probabilities = np.asarray(probabilities, dtype=np.float64)
-        if self.combine == "stacked":
-            coef = np.asarray(self.meta_learner["coef"], dtype=np.float64)
-            z = probabilities @ coef + float(self.meta_learner["intercept"])
-            return 1.0 / (1.0 + np.exp(-z))
-        return probabilities @ self.member_weights()
-
-
-def _resolve(location: str | None, folder: str) -> str | None:
-    """A path relative to the ensemble file's folder when it exists there; otherwise as given (a Hub id)."""
-    if not location:
-        return None
-    location = os.path.expanduser(location)
-    candidate = location if os.path.isabs(location) else os.path.join(folder, location)
-    return candidate if os.path.exists(candidate) else location
-
-
-def read_ensemble_file(path: str) -> RoadworkEnsembleSpec:
-    """Reads and checks an ensemble JSON file (format in the module docstring)."""
-    try:
-        with open(path) as handle:
-            raw = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read ensemble file {path}: {error}") from error
-    folder = os.path.dirname(os.path.abspath(path))
-    if not isinstance(raw, dict) or not isinstance(raw.get("members"), list):
-        raise ValueError(f"{path}: expected an object with a 'members' list")
-    members = []
-    for index, entry in enumerate(raw["members"]):
-        if not isinstance(entry, dict) or not entry.get("model"):
-            raise ValueError(f"{path}: member {index} needs a 'model' (a base checkpoint folder or Hub id)")
-        unknown = set(entry) - {"model", "adapter", "weight", "validation_serving_mcc", "revision"}
-        if unknown:
-            logger.info("%s: member %d: ignoring fields %s", path, index, sorted(unknown))
-        mcc = entry.get("validation_serving_mcc")
-        members.append(RoadworkEnsembleMember(
-            model=_resolve(entry["model"], folder), adapter=_resolve(entry.get("adapter"), folder),
-            weight=float(entry.get("weight", 1.0) if entry.get("weight") is not None else 1.0),
-            validation_serving_mcc=float(mcc) if mcc is not None else None, revision=entry.get("revision"),
-        ))  # fmt: skip
-    try:
-        return RoadworkEnsembleSpec(members, raw.get("combine", "mean"), raw.get("meta_learner"))
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
 
 
 # --- loading members --------------------------------------------------------------------------------------------
@@ -194,17 +87,19 @@ class RoadworkBackboneGroup:
     members: list[int] = field(default_factory=list)  # indices into the member list
 
 
-def backbone_fingerprint(model: RoadworkForImageClassification) -> str:
-    """A hash of the backbone's config and of a sample of every weight tensor (cheap even for a 840M model)."""
-    digest = hashlib.sha256()
+def backbone_pass_key(model: RoadworkForImageClassification) -> str:
+    """
+    What decides a backbone pass's features besides the views: the backbone's weights (`backbone_fingerprint`, the
+    feature cache's exact hash), its config (e.g. RoPE or LayerNorm settings, which the weights do not show) and the
+    autocast dtype it runs in. Members whose keys (and processors) agree share one pass.
+    """
     backbone_config = getattr(model.config, "backbone_config", None)
-    digest.update(json.dumps(backbone_config.to_dict() if hasattr(backbone_config, "to_dict") else backbone_config,
-                             sort_keys=True, default=str).encode())  # fmt: skip
-    for name, tensor in model.roadwork.backbone.state_dict().items():
-        flat = tensor.detach().reshape(-1)
-        sample = torch.cat([flat[:256], flat[-256:], flat[:: max(1, flat.numel() // 256)][:256]]).float().cpu()
-        digest.update(name.encode() + str(tuple(tensor.shape)).encode() + sample.numpy().tobytes())
-    return digest.hexdigest()
+    described = {
+        "weights": backbone_fingerprint(model),
+        "config": backbone_config.to_dict() if hasattr(backbone_config, "to_dict") else backbone_config,
+        "autocast": getattr(model.config, "backbone_autocast_dtype", None),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _check_adapter_outside_backbone(peft_model: Any, adapter: str) -> None:
@@ -227,10 +122,10 @@ def load_members(
     peft_models: dict[tuple[str, str | None], Any] = {}
     loaded = []
     for index, spec in enumerate(members):
-        key = (spec.model, spec.revision)
+        key = (spec.model, spec.model_revision)
         if key not in bases:
-            logger.info("loading %s%s", spec.model, f" @ {spec.revision}" if spec.revision else "")
-            kwargs = {"revision": spec.revision} if spec.revision else {}
+            logger.info("loading %s%s", spec.model, f" @ {spec.model_revision}" if spec.model_revision else "")
+            kwargs = {"revision": spec.model_revision} if spec.model_revision else {}
             bases[key] = RoadworkForImageClassification.from_pretrained(spec.model, **kwargs).eval()
         base = bases[key]
         adapter_name = None
@@ -245,9 +140,9 @@ def load_members(
             _check_adapter_outside_backbone(peft_models[key], spec.adapter)
         loaded.append(RoadworkLoadedMember(spec=spec, model=base, adapter_name=adapter_name))
     for member in loaded:
-        member.peft_model = peft_models.get((member.spec.model, member.spec.revision))
+        member.peft_model = peft_models.get((member.spec.model, member.spec.model_revision))
         if need_ood_stats:
-            path = find_ood_stats(member.spec.adapter, member.spec.model, revision=member.spec.revision)
+            path = find_ood_stats(member.spec.adapter, member.spec.model, revision=member.spec.model_revision)
             if path is None:
                 raise SystemExit(
                     f"--tta foods needs {member.spec.adapter or member.spec.model}/ood_stats.safetensors (the "
@@ -264,20 +159,20 @@ def load_members(
     for key, base in bases.items():
         processor = RoadworkImageProcessor.from_model_config(base.config)
         processor_key = processor.to_json_string()
-        fingerprint = backbone_fingerprint(base)
-        if fingerprint in shared_backbones:
-            base.roadwork.backbone = shared_backbones[fingerprint]  # one copy in memory; the weights are equal
+        pass_key = backbone_pass_key(base)
+        if pass_key in shared_backbones:
+            base.roadwork.backbone = shared_backbones[pass_key]  # one copy in memory; the weights are equal
         else:
-            shared_backbones[fingerprint] = base.roadwork.backbone
+            shared_backbones[pass_key] = base.roadwork.backbone
         base.to(device)
         if processor_key not in processor_keys:
             processor_keys.append(processor_key)
             processors.append(processor)
-        group_key = (fingerprint, processor_key)
+        group_key = (pass_key, processor_key)
         if group_key not in groups:
             groups[group_key] = RoadworkBackboneGroup(base.roadwork, processor, processor_keys.index(processor_key))
         group = groups[group_key]
-        group.members.extend(i for i, m in enumerate(loaded) if (m.spec.model, m.spec.revision) == key)
+        group.members.extend(i for i, m in enumerate(loaded) if (m.spec.model, m.spec.model_revision) == key)
     logger.info("%d member(s), %d backbone pass(es) per image and variant", len(loaded), len(groups))
     return loaded, list(groups.values())
 
@@ -561,25 +456,21 @@ def write_errors(output_dir: str, errors: Sequence[RoadworkInputError]) -> str:
 
 
 def member_columns(members: Sequence[RoadworkEnsembleMember]) -> list[str]:
-    """One score column per member: `prob_m{k}_{name}`."""
-    return [f"prob_m{k}_{member.name}" for k, member in enumerate(members)]
+    """One score column per member: `prob_m{k}_{display_name}`."""
+    return [f"prob_m{k}_{member.display_name}" for k, member in enumerate(members)]
 
 
 __all__ = [
-    "COMBINE_MODES",
     "RoadworkBackboneGroup",
-    "RoadworkEnsembleMember",
-    "RoadworkEnsembleSpec",
     "RoadworkLoadedMember",
     "RoadworkPredictionResult",
     "atomic_write",
-    "backbone_fingerprint",
+    "backbone_pass_key",
     "build_records",
     "group_processors",
     "load_members",
     "member_columns",
     "metadata_tensors",
-    "read_ensemble_file",
     "resolve_device",
     "run_prediction",
     "write_errors",

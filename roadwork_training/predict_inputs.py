@@ -23,7 +23,7 @@ import PIL.Image
 import torch
 
 from data_collator.augmentation import RoadworkValidatorTransform
-from data_collator.collator import _example_seed
+from data_collator.collator import SEED_STREAM_TRANSFORM, example_seed
 from data_collator.schema import ID_COLUMN, IMAGE_COLUMN, LABEL_COLUMN, find_parquet_splits, load_roadwork_splits
 
 from .tta import tta_variants
@@ -169,7 +169,7 @@ def input_seed(item: RoadworkPredictionInput, seed: int) -> int:
     `--serving` sees the very challenges of train.py's `serving` condition); files a hash of their path.
     """
     if item.seed_index is not None:
-        return _example_seed(seed, 0, item.seed_index, 1)
+        return example_seed(seed, 0, item.seed_index, SEED_STREAM_TRANSFORM)
     digest = hashlib.sha256(f"{seed}:{item.name}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 

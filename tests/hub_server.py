@@ -86,8 +86,9 @@ class HubError(Exception):
     """An error answered as ``status`` with ``X-Error-Code: code`` (when given)."""
 
     def __init__(
-        self, status: int, message: str, code: str | None = None, headers: dict | None = None, extra: dict | None = None
-    ):
+        self, status: int, message: str, code: str | None = None, headers: dict | None = None,
+        extra: dict | None = None,
+    ):  # fmt: skip
         super().__init__(message)
         self.status = status
         self.message = message

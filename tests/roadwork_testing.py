@@ -22,7 +22,9 @@ def tiny_dinov3_config(**overrides) -> DINOv3ViTConfig:
 
 def tiny_timm_config() -> TimmWrapperConfig:
     # A ConvNeXt V2 of the same family as convnextv2_base, shrunk: 1 block per stage, narrow.
-    return TimmWrapperConfig(architecture="convnextv2_atto", model_args={"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]})
+    return TimmWrapperConfig(
+        architecture="convnextv2_atto", model_args={"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}
+    )
 
 
 def tiny_config(**overrides) -> RoadworkConfig:
@@ -39,7 +41,9 @@ def tiny_config(**overrides) -> RoadworkConfig:
 def metadata_inputs(batch_size: int, mode: str, generator: torch.Generator | None = None) -> dict:
     """Metadata for `mode` in {"filled", "null", "mixed"} in the forward's format."""
     g = generator or torch.Generator().manual_seed(0)
-    gps = torch.stack([torch.rand(batch_size, generator=g) * 20 + 30, torch.rand(batch_size, generator=g) * 40 - 120], 1)
+    gps = torch.stack(
+        [torch.rand(batch_size, generator=g) * 20 + 30, torch.rand(batch_size, generator=g) * 40 - 120], 1
+    )
     ids = {k: torch.randint(1, 3, (batch_size,), generator=g) for k in ("weather_ids", "daytime_ids", "scene_ids")}
     text = torch.nn.functional.normalize(torch.randn(batch_size, 384, generator=g), dim=-1)
     if mode == "filled":

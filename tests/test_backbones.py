@@ -20,7 +20,12 @@ timm = pytest.importorskip("timm")
 # it cannot be shrunk through model_args): the architecture of the converted quickstart backbone.
 ARCH = "efficientnet_lite0"
 MODEL_ARGS = {"pad_type": "same", "bn_eps": 1e-3}
-NON_IMAGENET = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear", "input_size": [3, 224, 224]}
+NON_IMAGENET = {
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "interpolation": "bilinear",
+    "input_size": [3, 224, 224],
+}
 HEAD = dict(
     view_size=VIEW_SIZE, hidden_size=32, num_attention_heads=4, num_attention_layers=1, fusion_gate_hidden_size=8,
     classifier_hidden_size=16, fusion_hidden_size=32, gps_embed_dim=16, category_embed_dim=8, text_projection_dim=16,
@@ -185,7 +190,9 @@ def test_dinov3_folder_with_image_processor_uses_it(tmp_path):
 
     torch.manual_seed(0)
     DINOv3ViTModel(tiny_dinov3_config()).save_pretrained(tmp_path / "dino")
-    DINOv3ViTImageProcessorFast(image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.3, 0.4]).save_pretrained(tmp_path / "dino")
+    DINOv3ViTImageProcessorFast(image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.3, 0.4]).save_pretrained(
+        tmp_path / "dino"
+    )
     assert list(AutoImageProcessor.from_pretrained(tmp_path / "dino").image_std) == [0.2, 0.3, 0.4]
     model = RoadworkForImageClassification.from_backbone(str(tmp_path / "dino"), **HEAD)
     assert model.config.image_mean == [0.4] * 3 and model.config.image_std == [0.2, 0.3, 0.4]

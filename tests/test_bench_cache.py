@@ -12,6 +12,7 @@ import pytest
 
 from roadwork_training.ablate import ABLATIONS, markdown_table, summarise
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,7 +64,8 @@ def test_ablation_summary_and_table():
     ]
     rows = summarise(runs)
     assert [r["ablation"] for r in rows] == ["full", "no_pyramid"]
-    assert rows[0]["serving_mcc_mean"] == pytest.approx(0.3) and rows[0]["serving_mcc_std"] == pytest.approx(0.1414, abs=1e-3)
+    assert rows[0]["serving_mcc_mean"] == pytest.approx(0.3)
+    assert rows[0]["serving_mcc_std"] == pytest.approx(0.1414, abs=1e-3)
     assert rows[0]["seeds"] == 2 and rows[1]["serving_mcc_std"] == 0.0
     table = markdown_table(rows, "Data: x.")
     assert "| full | 0.300 +- 0.141 | 0.600 +- 0.141 | 2 |" in table

@@ -309,10 +309,13 @@ def test_tiny_variant_trains_on_view_features(name):
 
 
 def test_base_include_merges_mappings_and_detects_cycles(tmp_path):
-    (tmp_path / "parent.yaml").write_text("seed: 1\nlearning_rate: 0.1\nmodel_overrides:\n  hidden_size: 64\n  num_attention_heads: 4\n")
+    (tmp_path / "parent.yaml").write_text(
+        "seed: 1\nlearning_rate: 0.1\nmodel_overrides:\n  hidden_size: 64\n  num_attention_heads: 4\n"
+    )
     (tmp_path / "child.yaml").write_text("base: parent.yaml\nseed: 2\nmodel_overrides:\n  num_attention_heads: 8\n")
     merged = load_config_file(str(tmp_path / "child.yaml"))
-    assert merged == {"seed": 2, "learning_rate": 0.1, "model_overrides": {"hidden_size": 64, "num_attention_heads": 8}}
+    assert merged == {"seed": 2, "learning_rate": 0.1,
+                      "model_overrides": {"hidden_size": 64, "num_attention_heads": 8}}  # fmt: skip
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(SystemExit, match="cycle"):

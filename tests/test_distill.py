@@ -27,8 +27,8 @@ from roadwork_training.distill import (
     distillation_loss,
     export_student,
     miner_classifier,
-    read_ensemble,
     roadwork_scores,
+    teacher_members,
 )
 from roadwork_training.streetvision import (
     base58_decode,
@@ -132,17 +132,19 @@ def test_ensemble_files_in_the_predict_format_and_as_a_list(tmp_path):
     (tmp_path / "a").mkdir()
     path = tmp_path / "ensemble.json"
     path.write_text(json.dumps({"members": [{"model": "a", "weight": 3}, {"model": "/abs/b", "adapter": "x/y"}]}))
-    members = read_ensemble(str(path))
+    members = teacher_members(None, str(path))
     assert [m.model for m in members] == [str(tmp_path / "a"), "/abs/b"]  # relative to the file when it exists
     assert [m.weight for m in members] == [0.75, 0.25] and members[1].adapter == "x/y"
     path.write_text(json.dumps(["/abs/a", {"model": "/abs/b", "weight": 1.0}]))
-    assert [m.weight for m in read_ensemble(str(path))] == [0.5, 0.5]
-    bad_files = [({"members": []}, "at least one member"), ([{"weight": 1}], 'no "model"'),
-                 ([{"model": "a", "weight": -1}], "positive"), ([{"model": "a", "wieght": 1}], "unknown")]  # fmt: skip
+    assert [m.weight for m in teacher_members(None, str(path))] == [0.5, 0.5]
+    assert [(m.model, m.weight) for m in teacher_members("/abs/t", None)] == [("/abs/t", 1.0)]
+    bad_files = [({"members": []}, "at least one member"), ([{"weight": 1}], 'needs a "model"'),
+                 ([{"model": "a", "weight": -1}], "weight must be a number >= 0"), ([{"model": "a", "wieght": 1}],
+                 "unknown"), ([{"model": "a", "weight": 0}], "must not all be 0")]  # fmt: skip
     for bad, message in bad_files:
         path.write_text(json.dumps(bad))
         with pytest.raises(SystemExit, match=message):
-            read_ensemble(str(path))
+            teacher_members(None, str(path))
 
 
 def test_students_must_be_architectures_that_transformers_445_serves(tmp_path):

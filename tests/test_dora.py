@@ -269,7 +269,9 @@ def synthetic_dir(tmp_path_factory) -> Path:
     from data_collator import SyntheticDatasetConfig, ensure_synthetic_dataset
 
     path = tmp_path_factory.mktemp("dora_data") / "synthetic"
-    ensure_synthetic_dataset(path, SyntheticDatasetConfig(num_train=NUM_TRAIN, num_test=NUM_TEST, test_positive_rate=0.5))
+    ensure_synthetic_dataset(
+        path, SyntheticDatasetConfig(num_train=NUM_TRAIN, num_test=NUM_TEST, test_positive_rate=0.5)
+    )
     return path
 
 
@@ -374,7 +376,9 @@ def test_fold_adapters_on_the_hub_reproduce_predictions_in_a_fresh_process(
     assert adapter_config["revision"] == hub.head(base_repo)
     card = hub.read(fold_repo, "README.md").decode()
     assert f"base_model: {base_repo}" in card and "fold 0 of 5" in card
-    row = " | ".join(f"{record['metrics'][f'validation_{c}_accuracy']:.4f}" for c in ("serving", "no_metadata", "metadata"))
+    row = " | ".join(
+        f"{record['metrics'][f'validation_{c}_accuracy']:.4f}" for c in ("serving", "no_metadata", "metadata")
+    )
     assert f"| accuracy | {row} |" in card
     assert json.loads((out / "ensemble.json").read_text())["members"][0]["adapter"] == fold_repo
 

@@ -6,6 +6,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from roadwork_testing import metadata_inputs, pixel_inputs, tiny_config
 
 from data_collator import (
     RoadworkDataCollator,
@@ -27,7 +28,6 @@ from roadwork_training.feature_cache import (
     shard_ranges,
     shards_for_process,
 )
-from roadwork_testing import metadata_inputs, pixel_inputs, tiny_config
 
 
 SEED = 7
@@ -101,7 +101,9 @@ def test_extraction_is_reused_and_resumes_after_an_interruption(train_split, mod
     first = extractor.extract(train_split, CachePass.clean())
     assert counter.images == len(train_split) == len(first) == 10
     assert first.features["view_features"].shape == (12, 32) and first.features["view_features"].dtype == "float16"
-    assert first["row"] == list(range(10)) and first["id"] == train_split["id"] and first["label"] == train_split["label"]
+    assert (
+        first["row"] == list(range(10)) and first["id"] == train_split["id"] and first["label"] == train_split["label"]
+    )
     assert "image" not in first.column_names
 
     again = extractor.extract(train_split, CachePass.clean())  # a second run reads the cache
@@ -200,7 +202,9 @@ def test_metadata_dropout_works_per_row_from_the_cache(train_split, model, proce
 def test_keep_views_feeds_the_global_view_alone(train_split, model, processor, tmp_path):
     extractor = RoadworkFeatureExtractor(model, processor, tmp_path, progress=False)
     full = RoadworkFeatureCache(extractor).condition_datasets(train_split, processor, model.config, SEED)
-    single = RoadworkFeatureCache(extractor, keep_views=[0]).condition_datasets(train_split, processor, model.config, SEED)
+    single = RoadworkFeatureCache(extractor, keep_views=[0]).condition_datasets(
+        train_split, processor, model.config, SEED
+    )
     assert single["serving"][0]["view_features"].shape == (1, 32)
     torch.testing.assert_close(single["serving"][0]["view_features"][0], full["serving"][0]["view_features"][0])
 

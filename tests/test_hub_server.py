@@ -310,7 +310,8 @@ def test_fresh_python_is_offline_and_isolated(fresh_python, tmp_path):
     assert proc.stdout.split() == ["True", "None", "True"]
     # The project is installed (editable), so tests that prove a checkpoint self-contained block its packages.
     blocked = fresh_python(
-        BLOCK_PROJECT_IMPORTS + "\ntry:\n    import modeling_roadwork\nexcept ImportError as e:\n    print('BLOCKED', e)\n"
+        BLOCK_PROJECT_IMPORTS
+        + "\ntry:\n    import modeling_roadwork\nexcept ImportError as e:\n    print('BLOCKED', e)\n"
     )
     assert "BLOCKED" in blocked.stdout
     with pytest.raises(AssertionError, match="boom"):

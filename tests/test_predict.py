@@ -19,7 +19,8 @@ import predict
 from data_collator import RoadworkDataCollator, SyntheticDatasetConfig, ensure_synthetic_dataset, load_roadwork_splits
 from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor
 from roadwork_training.build import condition_datasets
-from roadwork_training.predict import RoadworkEnsembleSpec, atomic_write, read_ensemble_file
+from roadwork_training.ensemble import RoadworkEnsemble, load_ensemble
+from roadwork_training.predict import atomic_write
 from roadwork_training.predict_inputs import normalize_on_device
 from roadwork_training.report import balanced_indices, windowed_reward
 from roadwork_training.tta import (
@@ -125,24 +126,29 @@ def test_hand_written_ensemble_file(tmp_path):
     members = [{"model": "base", "adapter": None, "weight": 1, "validation_serving_mcc": 0.6},
                {"model": "base", "adapter": None, "weight": 3, "validation_serving_mcc": -0.1}]  # fmt: skip
     p = np.array([[0.2, 0.6], [0.9, 0.1]])
+    # The one format (roadwork_training/ensemble.py): `mean` ignores the weights, `mcc_weighted` uses the file's
+    # weights normalised (finetune_dora.py writes them from the clipped MCCs).
     for combine, expected in (
-        ("mean", p @ [0.25, 0.75]),
-        ("mcc_weighted", p[:, 0]),  # a negative MCC weighs 0
+        ("mean", p.mean(axis=1)),
+        ("mcc_weighted", p @ [0.25, 0.75]),
         ("stacked", 1 / (1 + np.exp(-(p @ [2.0, -1.0] + 0.5)))),
     ):
         path.write_text(json.dumps({"members": members, "combine": combine,
-                                    "meta_learner": {"coef": [2.0, -1.0], "intercept": 0.5}}))  # fmt: skip
-        spec = read_ensemble_file(str(path))
-        assert spec.members[0].model == str(tmp_path / "base")  # relative to the file
-        np.testing.assert_allclose(spec.combine_probabilities(p), expected)
-    path.write_text(json.dumps({"members": members, "combine": "stacked", "meta_learner": {"coef": [1.0]}}))
-    with pytest.raises(ValueError, match="coef"):
-        read_ensemble_file(str(path))
+                                    "stacking": {"coefficients": [2.0, -1.0], "intercept": 0.5}}))  # fmt: skip
+        ensemble = load_ensemble(str(path))
+        assert ensemble.resolved_members()[0].model == str(tmp_path / "base")  # relative to the file
+        np.testing.assert_allclose(ensemble.combine(p), expected)
+    path.write_text(json.dumps({"members": members, "combine": "stacked", "stacking": {"coefficients": [1.0]}}))
+    with pytest.raises(ValueError, match="coefficients"):
+        load_ensemble(str(path))
+    path.write_text(json.dumps({"members": members, "combine": "stacked", "meta_learner": {"coef": [1.0, 1.0]}}))
+    with pytest.raises(ValueError, match='"meta_learner" is spelt stacking'):
+        load_ensemble(str(path))
     path.write_text(json.dumps({"members": [{"adapter": "x"}]}))
-    with pytest.raises(ValueError, match="needs a 'model'"):
-        read_ensemble_file(str(path))
+    with pytest.raises(ValueError, match='needs a "model"'):
+        load_ensemble(str(path))
     with pytest.raises(ValueError, match="combine"):
-        RoadworkEnsembleSpec(spec.members, "vote")
+        RoadworkEnsemble(ensemble.members, "vote")
     assert windowed_reward(np.array([0.9, 0.1] * 60), np.array([1, 0] * 60), seed=0) == pytest.approx(1.0)
     labels = np.array([1] * 30 + [0] * 5)
     assert np.bincount(labels[balanced_indices(labels, 0)]).tolist() == [5, 5]

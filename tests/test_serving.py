@@ -21,7 +21,7 @@ from data_collator.metadata import METADATA_FIELDS
 from data_collator.synthetic import SyntheticDatasetConfig, generate_row
 from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor
 from roadwork_training.build import condition_datasets, heads_without_labels, stratified_subset
-from roadwork_training.evaluation import LinearProbe, evaluate_conditions, linear_probe_baseline
+from roadwork_training.evaluation import LinearProbe, evaluate_split_conditions, linear_probe_baseline
 from roadwork_training.metrics import CONDITIONS
 
 
@@ -238,7 +238,7 @@ def test_evaluate_conditions_and_probe_on_a_tiny_model(rows, processor):
     torch.manual_seed(0)
     config = tiny_config(**VOCABS, view_size=VIEW_SIZE, use_text=False)
     model = RoadworkForImageClassification(config).eval()
-    metrics = evaluate_conditions(model, rows, seed=0, image_processor=processor, batch_size=4)
+    metrics = evaluate_split_conditions(model, rows, seed=0, image_processor=processor, batch_size=4)
     for condition in CONDITIONS:
         assert 0.0 <= metrics[f"{condition}_accuracy"] <= 1.0
     # Identical to the model's own forward on the serving dataset.

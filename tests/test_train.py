@@ -654,7 +654,9 @@ def test_allow_weak_gps_weighting_trains(roadwork_cache, tmp_path, monkeypatch, 
 
 def test_each_loss_component_is_logged_with_its_skip_rate(uninterrupted_run):
     """RoadworkTrainer logs the mean of each loss component next to `loss`, and how often it was skipped."""
-    train_logs = [entry for entry in log_history(uninterrupted_run.out) if "loss" in entry and "eval_loss" not in entry]
+    train_logs = [
+        entry for entry in log_history(uninterrupted_run.out) if "loss" in entry and "eval_loss" not in entry
+    ]
     assert train_logs
     components = ("focal_loss", "consistency_loss", "weather_loss", "seg_loss")
     for entry in train_logs:
@@ -672,7 +674,9 @@ def test_each_loss_component_is_logged_with_its_skip_rate(uninterrupted_run):
 
 
 def test_model_overrides_from_the_command_line_merge_into_the_yaml_and_typos_are_rejected():
-    model_args = train.parse_args(["--config", str(QUICKSTART), "--model_overrides", '{"num_attention_layers": 3}']).model
+    model_args = train.parse_args(
+        ["--config", str(QUICKSTART), "--model_overrides", '{"num_attention_layers": 3}']
+    ).model
     overrides = json.loads(model_args.model_overrides)
     assert overrides["num_attention_layers"] == 3
     assert overrides["view_size"] == 64, "the YAML's other overrides stay"

@@ -165,6 +165,11 @@ class RoadworkConfig(PretrainedConfig):
             Width of the vision + metadata fusion layer.
         classifier_hidden_size (`int`, *optional*, defaults to 256):
             Hidden width of the classifier and of the weather head.
+        use_global_linear_path (`bool`, *optional*, defaults to `True`):
+            A linear path (`global_classifier`: LayerNorm + Linear) from the pooled backbone feature of the global
+            view (view 0, before pruning) to the logits, added to the classifier's logits and trained jointly: a
+            linear probe inside the model, so the multi-view head learns a correction on top of it. A config saved
+            without the field loads with the default.
         use_view_consistency (`bool`, *optional*, defaults to `True`):
             Per-view classifier and the view-consistency KL loss.
         consistency_target (`str`, *optional*, defaults to `"views_mean"`):
@@ -240,6 +245,7 @@ class RoadworkConfig(PretrainedConfig):
         text_projection_dim: int = 384,
         fusion_hidden_size: int = 512,
         classifier_hidden_size: int = 256,
+        use_global_linear_path: bool = True,
         use_view_consistency: bool = True,
         consistency_target: str = "views_mean",
         use_weather_head: bool = True,
@@ -295,6 +301,7 @@ class RoadworkConfig(PretrainedConfig):
         self.text_projection_dim = text_projection_dim
         self.fusion_hidden_size = fusion_hidden_size
         self.classifier_hidden_size = classifier_hidden_size
+        self.use_global_linear_path = use_global_linear_path
         self.use_view_consistency = use_view_consistency
         self.consistency_target = consistency_target
         self.use_weather_head = use_weather_head

@@ -44,6 +44,24 @@ class RoadworkProjection(nn.Module):
         return self.drop(self.act(self.fc(hidden_states)))
 
 
+class RoadworkGlobalClassifier(nn.Module):
+    """
+    A linear probe inside the model: `layer_norm -> fc` from the pooled backbone feature of the global view (view 0,
+    before pruning) to the logits, added to the head's logits. The multi-view head then only has to learn what the
+    probe misses, and training can always fall back on the probe. Submodule names are state-dict keys
+    (`global_classifier.fc.weight`): never rename them.
+    """
+
+    def __init__(self, *, feature_size: int, num_labels: int, eps: float = 1e-5):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(feature_size, eps=eps)
+        self.fc = nn.Linear(feature_size, num_labels)
+
+    def forward(self, global_features: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, num_labels)"""
+        return self.fc(self.layer_norm(global_features))
+
+
 class RoadworkViewPruning(nn.Module):
     """
     Scores every view with an MLP `D -> D / reduction -> 1` and keeps the `k` best. The kept features are multiplied
@@ -211,6 +229,7 @@ class RoadworkSegmentationDecoder(nn.Module):
 __all__ = [
     "RoadworkMlp",
     "RoadworkProjection",
+    "RoadworkGlobalClassifier",
     "RoadworkViewPruning",
     "RoadworkPyramid",
     "RoadworkMetadataEncoder",

@@ -16,6 +16,7 @@ from .attention_roadwork import RoadworkGatedAttentionLayer, RoadworkViewFusion
 from .backbone_roadwork import load_backbone
 from .configuration_roadwork import RoadworkConfig
 from .layers_roadwork import (
+    RoadworkGlobalClassifier,
     RoadworkMetadataEncoder,
     RoadworkMlp,
     RoadworkProjection,
@@ -43,6 +44,8 @@ class RoadworkModelOutput(ModelOutput):
             Sigmoid scores of the kept views (`None` without pruning).
         view_gates (`torch.FloatTensor` of shape `(batch_size, num_kept)`, *optional*):
             Importance gates of the view fusion (`None` without it).
+        global_view_features (`torch.FloatTensor` of shape `(batch_size, backbone_hidden_size)`):
+            The pooled backbone feature of the global view (view 0), before pruning: what the global linear path reads.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -50,6 +53,7 @@ class RoadworkModelOutput(ModelOutput):
     kept_view_indices: torch.LongTensor | None = None
     view_scores: torch.FloatTensor | None = None
     view_gates: torch.FloatTensor | None = None
+    global_view_features: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -331,6 +335,7 @@ class RoadworkModel(RoadworkPreTrainedModel):
             kept_view_indices=kept_indices,
             view_scores=scores,
             view_gates=gates,
+            global_view_features=view_features[:, 0],  # view 0 is the whole image, whatever pruning kept
         )
 
 
@@ -366,6 +371,11 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
             hidden_features=config.classifier_hidden_size,
             out_features=config.num_labels,
             dropout=config.hidden_dropout,
+        )
+        self.global_classifier = (
+            RoadworkGlobalClassifier(feature_size=config.backbone_hidden_size, num_labels=config.num_labels)
+            if config.use_global_linear_path
+            else None
         )
         self.view_classifier = nn.Linear(C, config.num_labels) if config.use_view_consistency else None
         self.weather_classifier = (
@@ -441,6 +451,8 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
             features = torch.cat([vision_embeds, metadata.to(vision_embeds.dtype)], dim=-1)  # (B, C + 704)
         pooled = self.fusion(features)
         logits = self.classifier(pooled)
+        if self.global_classifier is not None:
+            logits = logits + self.global_classifier(vision.global_view_features)  # (B, num_labels)
 
         view_logits = self.view_classifier(vision.last_hidden_state) if self.view_classifier is not None else None
         weather_logits = self.weather_classifier(vision_embeds) if self.weather_classifier is not None else None

@@ -35,6 +35,7 @@ from .build import DataArguments, ModelArguments, build_model, gps_sample_weight
 from .cache import train_only_keys
 from .feature_cache import FeatureCacheArguments, RoadworkFeatureCache
 from .head_training import HeadTrainingSettings, evaluate_conditions, train_head
+from .quality import PROBE_224, PROBE_VIEW, QualityData, fit_probe
 
 
 logger = logging.getLogger("roadwork.ablate")
@@ -55,6 +56,7 @@ class Ablation:
     gps_weighting: bool = True
     metadata_dropout: bool = True
     keep_views: tuple | None = None  # views of the cached features the head sees
+    kind: str = "model"  # or a linear probe instead of a head: quality.PROBE_VIEW / quality.PROBE_224
 
 
 ABLATIONS = (
@@ -72,6 +74,14 @@ ABLATIONS = (
     Ablation("no_metadata_dropout", "metadata_dropout = metadata_field_dropout = 0", metadata_dropout=False),
     Ablation("global_view_only", "the global view's features alone (num_views=1, no pruning)",
              (("num_views", 1), ("use_view_pruning", False)), keep_views=(0,)),
+    Ablation("no_global_linear_path", "no linear path from the global view to the logits "
+             "(use_global_linear_path=False)", (("use_global_linear_path", False),)),
+    Ablation("global_linear_path", "with the linear path from the global view to the logits "
+             "(use_global_linear_path=True)", (("use_global_linear_path", True),)),
+    Ablation(PROBE_VIEW, "no head: a linear probe on the global view at the model's view size (cached view 0); "
+             "metadata column = clean images", kind=PROBE_VIEW),
+    Ablation(PROBE_224, "no head: a linear probe on the global view at 224 px; metadata column = clean images",
+             kind=PROBE_224),
 )  # fmt: skip
 ABLATION_NAMES = tuple(a.name for a in ABLATIONS)
 
@@ -152,8 +162,10 @@ def summarise(runs: list[dict]) -> list[dict]:
     for name in dict.fromkeys(run["ablation"] for run in runs):
         mine = [run for run in runs if run["ablation"] == name]
         row = {"ablation": name, "description": mine[0]["description"], "seeds": len(mine)}
-        for condition in REPORTED_CONDITIONS:
-            values = np.array([run[f"{condition}_mcc"] for run in mine], dtype=float)
+        extra = [k.removesuffix("_mcc") for k in mine[0] if k.endswith("_mcc") and k.removesuffix("_mcc") not in
+                 REPORTED_CONDITIONS]  # fmt: skip
+        for condition in (*REPORTED_CONDITIONS, *extra):
+            values = np.array([run.get(f"{condition}_mcc", np.nan) for run in mine], dtype=float)
             row[f"{condition}_mcc_mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
             row[f"{condition}_mcc_std"] = float(np.nanstd(values, ddof=1 if len(values) > 1 else 0))
         rows.append(row)
@@ -161,15 +173,17 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def markdown_table(rows: list[dict], data_line: str) -> str:
+    extra = [k.removesuffix("_mcc_mean") for k in rows[0] if k.endswith("_serving_mcc_mean")] if rows else []
     lines = [
         f"Test-split MCC (final epoch), mean +- std over seeds. {data_line}",
         "",
-        "| ablation | serving MCC | metadata MCC | seeds | what is switched off |",
-        "|---|---|---|---|---|",
-    ]
+        "| ablation | serving MCC | metadata MCC | " + "".join(f"{e.removesuffix('_serving')} serving MCC | "
+                                                         for e in extra) + "seeds | what is switched off |",
+        "|---|---|---|" + "---|" * len(extra) + "---|---|",
+    ]  # fmt: skip
     for row in rows:
-        cells = [f"{row[f'{c}_mcc_mean']:.3f} +- {row[f'{c}_mcc_std']:.3f}" for c in REPORTED_CONDITIONS]
-        lines.append(f"| {row['ablation']} | {cells[0]} | {cells[1]} | {row['seeds']} | {row['description']} |")
+        cells = [f"{row[f'{c}_mcc_mean']:.3f} +- {row[f'{c}_mcc_std']:.3f}" for c in (*REPORTED_CONDITIONS, *extra)]
+        lines.append(f"| {row['ablation']} | " + " | ".join(cells) + f" | {row['seeds']} | {row['description']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -219,6 +233,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for split in (splits["train"], target):
             embedder([clean_description(text) for text in get_column(split, "scene_description")])
     collator = RoadworkDataCollator(text_embedder=embedder, text_embed_dim=base.config.text_embed_dim)
+    quality_data = QualityData(cache, splits, base, processor, args.seed)  # the probes and the hard splits
 
     # Stage 2: every (ablation, seed), heads trained from the cache.
     runs = []
@@ -226,6 +241,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for ablation in chosen:
         if ablation.name == "no_weather_loss" and not base.config.use_weather_head:
             logger.info("skipping no_weather_loss: the weather head is off for this data")
+            continue
+        if ablation.kind != "model":
+            for offset in range(args.seeds):
+                seed = args.seed + offset
+                started_probe = time.perf_counter()
+                mcc = fit_probe(quality_data, ablation.kind, range(len(splits["train"])), seed,
+                                ["test", *data_args.extra_eval_splits], cache.extractor.cache_dir, clean_splits=["test"])
+                run = {"ablation": ablation.name, "description": ablation.description, "seed": seed,
+                       "train_seconds": time.perf_counter() - started_probe, "serving_mcc": mcc["test"],
+                       "metadata_mcc": mcc["test/clean"]}  # fmt: skip
+                run.update({f"{name}_serving_mcc": mcc[name] for name in data_args.extra_eval_splits})
+                runs.append(run)
             continue
         view_cache = RoadworkFeatureCache(cache.extractor, cache.num_passes, keep_views=ablation.keep_views)
         dropout = dict(
@@ -253,6 +280,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "train_seconds": float(sum(times))}  # fmt: skip
             for condition, values in metrics.items():
                 run[f"{condition}_mcc"] = float(values.get("mcc", float("nan")))
+            for name in data_args.extra_eval_splits:  # the hard splits: serving condition only
+                hard = {"serving": quality_data.serving_dataset(name, model.config, ablation.keep_views)}
+                metrics = evaluate_conditions(model, hard, collator, args.per_device_eval_batch_size)
+                run[f"{name}_serving_mcc"] = float(metrics["serving"].get("mcc", float("nan")))
             runs.append(run)
             logger.info("%s seed %d: serving MCC %.3f, metadata MCC %.3f (%.1f s)", ablation.name, seed,
                         run["serving_mcc"], run["metadata_mcc"], run["train_seconds"])  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,8 @@ class HeadTrainingSettings:
     warmup_steps: int = 5
     max_grad_norm: float = 1.0
     seed: int = 42
+    # With a `validate` callable: stop after this many epochs without a better score, keep the best epoch's head.
+    early_stopping_patience: int | None = None
 
 
 def _schedule(step: int, warmup: int, total: int) -> float:
@@ -45,11 +47,14 @@ def _schedule(step: int, warmup: int, total: int) -> float:
 
 def train_head(
     model, train_dataset, collator, settings: HeadTrainingSettings, sample_weights: Sequence[float] | None = None,
-    num_workers: int = 0,
+    num_workers: int = 0, validate: Callable[[object], float] | None = None,
 ) -> list[float]:  # fmt: skip
     """
     Trains `model` (its trainable parameters) in place on `train_dataset`; the GPS-weighted sampler when
     `sample_weights` is given, else a seeded random order. Returns the wall time of every epoch in seconds.
+    `validate(model) -> score` (higher is better) runs after every epoch when given: the model ends with the weights
+    of its best epoch, and with `settings.early_stopping_patience` training stops after that many epochs without a
+    better score (as train.py's `load_best_model_at_end` + early stopping).
     """
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed)
@@ -68,6 +73,7 @@ def train_head(
         optimizer, lambda step: _schedule(step, settings.warmup_steps, total)
     )
     times = []
+    best_score, best_state, stale = -math.inf, None, 0
     for epoch in range(settings.num_train_epochs):
         started = time.perf_counter()
         model.train()
@@ -85,6 +91,20 @@ def train_head(
             optimizer.step()
             scheduler.step()
         times.append(time.perf_counter() - started)
+        if validate is not None:
+            model.eval()
+            score = float(validate(model))
+            score = score if math.isfinite(score) else -math.inf
+            if best_state is None or score > best_score:
+                best_score, stale = score, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()
+                              if not k.startswith("roadwork.backbone.")}  # fmt: skip
+            else:
+                stale += 1
+                if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
     model.eval()
     return times
 

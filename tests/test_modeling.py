@@ -139,6 +139,82 @@ def test_bad_inputs_raise_clear_errors():
         model(view_features=torch.randn(1, 12, 33))
 
 
+# ---------------------------------------------------------------------------------------------- global linear path
+
+
+def test_global_linear_path_adds_a_probe_on_view_zero_to_the_head_logits():
+    model = _model()
+    assert model.config.use_global_linear_path and model.global_classifier is not None
+    features = torch.randn(3, 12, 32)
+    with torch.no_grad():
+        out = model(view_features=features)
+        base = model.roadwork(view_features=features)
+        head = model.classifier(model.fusion(torch.cat([base.pooler_output, model.metadata_encoder(3)], -1)))
+        probe = model.global_classifier(features[:, 0])
+    assert base.global_view_features.shape == (3, 32)
+    torch.testing.assert_close(base.global_view_features, features[:, 0], rtol=0, atol=0)
+    assert probe.shape == (3, 2)
+    torch.testing.assert_close(out.logits, head + probe)
+    # It reads view 0 only: changing any other view moves the probe's term not at all.
+    moved = features.clone()
+    moved[:, 1:] += 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(model.global_classifier(model.roadwork(view_features=moved).global_view_features), probe)
+        changed = features.clone()
+        changed[:, 0] = torch.randn(3, 32)  # not a shift: LayerNorm is shift-invariant
+        assert not torch.allclose(model.global_classifier(changed[:, 0]), probe)
+
+
+def test_global_linear_path_reads_view_zero_even_when_pruning_drops_it():
+    model = _model(num_kept_views=1)
+    features = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        out = model.roadwork(view_features=features)
+    torch.testing.assert_close(out.global_view_features, features[:, 0], rtol=0, atol=0)
+
+
+def test_gradients_reach_the_global_linear_path():
+    model = _model()
+    model.train()
+    out = model(pixel_values=pixel_inputs(4), labels=torch.tensor([0, 1, 1, 0]))
+    out.loss.backward()
+    assert model.global_classifier.fc.weight.grad.abs().sum() > 0
+    assert model.global_classifier.layer_norm.weight.grad.abs().sum() > 0
+    assert model.classifier.fc2.weight.grad.abs().sum() > 0, "the head still trains beside it"
+
+
+def test_global_linear_path_off_is_the_old_model():
+    torch.manual_seed(0)
+    off = RoadworkForImageClassification(tiny_config(use_global_linear_path=False)).eval()
+    assert off.global_classifier is None
+    assert not any(k.startswith("global_classifier.") for k in off.state_dict())
+    on = _model()
+    # Same head weights, no linear path: the logits are the head's alone.
+    missing, unexpected = off.load_state_dict(on.state_dict(), strict=False)
+    assert not missing and set(unexpected) == {f"global_classifier.{n}.{p}" for n in ("layer_norm", "fc")
+                                               for p in ("weight", "bias")}  # fmt: skip
+    features = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        base = on.roadwork(view_features=features)
+        head = on.classifier(on.fusion(torch.cat([base.pooler_output, on.metadata_encoder(2)], -1)))
+        torch.testing.assert_close(off(view_features=features).logits, head)
+
+
+def test_config_saved_without_the_linear_path_field_loads(tmp_path):
+    model = _model(use_global_linear_path=False)
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["use_global_linear_path"]  # a config written before the field existed
+    config_file.write_text(json.dumps(saved))
+    config = RoadworkConfig.from_pretrained(tmp_path)
+    assert config.use_global_linear_path is True  # the default
+    loaded = RoadworkForImageClassification.from_pretrained(tmp_path)
+    assert loaded.global_classifier is not None
+    with torch.no_grad():
+        assert torch.isfinite(loaded(view_features=torch.randn(2, 12, 32)).logits).all()
+
+
 # ---------------------------------------------------------------------------------------------- metadata
 
 
@@ -310,7 +386,8 @@ EXPECTED_HEAD_MODULES = {
     "roadwork.view_fusion.refinement_attention.out_proj", "roadwork.view_fusion.refinement_norm",
     "metadata_encoder", "metadata_encoder.weather_embeddings", "metadata_encoder.daytime_embeddings",
     "metadata_encoder.scene_embeddings", "metadata_encoder.text_projection",
-    "fusion.fc", "classifier.fc1", "classifier.fc2", "view_classifier", "weather_classifier.fc1",
+    "fusion.fc", "classifier.fc1", "classifier.fc2", "global_classifier.layer_norm", "global_classifier.fc",
+    "view_classifier", "weather_classifier.fc1",
     "weather_classifier.fc2", "segmentation_decoder.project", "segmentation_decoder.stages.0.conv",
     "segmentation_decoder.stages.1.conv", "segmentation_decoder.classify",
 }  # fmt: skip

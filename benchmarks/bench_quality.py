@@ -1,0 +1,264 @@
+"""Quality against the simplest peer: the multi-view model vs its global view alone vs a linear probe.
+
+    python benchmarks/bench_quality.py --config configs/quality_quickstart.yaml --seeds 3
+    python benchmarks/bench_quality.py --config configs/quality_quickstart.yaml --train_size 240 --search
+
+On the frozen-backbone feature cache (extracted once, reused), over --seeds seeds, trains the full model, the model
+on the global view alone and the linear probes (at the model's view size and at 224 px) on the same training rows,
+and prints serving MCC (no metadata, the validators' challenge transform; thresholds round(p)) mean +- std on the
+standard test split and the synthetic hard splits (small objects, occlusion, orange distractors). The last line is
+JSON: value = full - probe on test_small (the better of the two probes), target 0.1; the target also needs the full
+model >= that probe on every other split. --search instead runs the small-data recipe search: one knob at a time
+from the --config recipe (SEARCH_SPACE), then the combination of the winners, for the full model only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import PartialState
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_collator import RoadworkAugmentationConfig, RoadworkDataCollator, RoadworkViewAugmenter  # noqa: E402
+from data_collator.synthetic import SyntheticDatasetConfig  # noqa: E402
+from modeling_roadwork import RoadworkImageProcessor  # noqa: E402
+from roadwork_training.arguments import RoadworkArgumentParser, prefixed_arguments, to_config  # noqa: E402
+from roadwork_training.build import DataArguments, ModelArguments, build_model, load_data  # noqa: E402
+from roadwork_training.cache import train_only_keys  # noqa: E402
+from roadwork_training.feature_cache import FeatureCacheArguments, RoadworkFeatureCache  # noqa: E402
+from roadwork_training.head_training import HeadTrainingSettings  # noqa: E402
+from roadwork_training.quality import (  # noqa: E402
+    HARD_SPLITS,
+    MODEL,
+    PROBE_224,
+    PROBE_VIEW,
+    QUALITY_VARIANT_NAMES,
+    HeadRecipe,
+    QualityData,
+    fit_probe,
+    quality_table,
+    stratified_indices,
+    summarise_runs,
+    train_model_variant,
+    variant,
+)
+
+
+logger = logging.getLogger("roadwork.bench_quality")
+
+SyntheticArguments = prefixed_arguments(SyntheticDatasetConfig, "synthetic_", exclude=("version",))
+AugmentationArguments = prefixed_arguments(RoadworkAugmentationConfig, "augmentation_", include=("strength", "scale"))
+DEFAULT_VARIANTS = ("full", "full_no_linear_path", "global_view_only", PROBE_VIEW, PROBE_224)
+TARGET = 0.1
+
+# The small-data search: one knob at a time from the --config recipe; each value is a (recipe field, value) list.
+# Model widths move together (hidden 128 = the cache quickstart's).
+SEARCH_SPACE = {
+    "width": {"64": {"hidden_size": 64, "fusion_hidden_size": 64, "classifier_hidden_size": 32},
+              "256": {"hidden_size": 256, "fusion_hidden_size": 256, "classifier_hidden_size": 128}},
+    "depth": {"0": {"num_attention_layers": 0}, "1": {"num_attention_layers": 1}, "4": {"num_attention_layers": 4}},
+    "dropout": {"0.0": {"hidden_dropout": 0.0, "attention_dropout": 0.0},
+                "0.3": {"hidden_dropout": 0.3, "attention_dropout": 0.3}},
+    "weight_decay": {"0.0": {"weight_decay": 0.0}, "0.1": {"weight_decay": 0.1}},
+    "learning_rate": {"3e-4": {"learning_rate": 3e-4}, "3e-3": {"learning_rate": 3e-3}},
+    "epochs": {"8": {"num_train_epochs": 8}, "16": {"num_train_epochs": 16}},
+    "early_stopping": {"on": {"early_stopping": True}},
+    "augmentation": {"none": {"augmentation_strength": "none"}, "heavy": {"augmentation_strength": "heavy"}},
+}  # fmt: skip
+SETTINGS_FIELDS = {f.name for f in dataclasses.fields(HeadTrainingSettings)}
+
+
+@dataclass
+class QualityArguments:
+    seeds: int = field(default=3, metadata={"help": "Seeds per variant (seed, seed+1, ...): head init and data order."})
+    variants: list[str] = field(
+        default_factory=lambda: list(DEFAULT_VARIANTS),
+        metadata={"help": f"Contenders, in order: {', '.join(QUALITY_VARIANT_NAMES)}."},
+    )
+    eval_splits: list[str] = field(
+        default_factory=lambda: ["test", *HARD_SPLITS],
+        metadata={"help": "Splits scored under the serving condition (the hard ones need --synthetic_num_hard_test)."},
+    )
+    train_size: int | None = field(
+        default=None, metadata={"help": "Train on a seeded, stratified subset of this many training rows (all: unset)."}
+    )
+    search: bool = field(default=False, metadata={"help": "Run the small-data recipe search instead (SEARCH_SPACE)."})
+    search_knobs: list[str] = field(
+        default_factory=lambda: list(SEARCH_SPACE),
+        metadata={"help": f"Knobs the search varies, in order (default all): {', '.join(SEARCH_SPACE)}. Each "
+                  "augmentation strength extracts its own cached passes of the train split (slow on a CPU)."},
+    )  # fmt: skip
+    output_dir: str = field(default="outputs/bench_quality", metadata={"help": "Where quality.md/json (search.*) go."})
+    num_train_epochs: int = field(default=4, metadata={"help": "Epochs of head training per run."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps before the cosine decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: none)."})
+    early_stopping: bool = field(
+        default=False, metadata={"help": "Keep the epoch with the best validation serving MCC (and stop early)."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "With --early_stopping: stop after this many epochs without improvement."}
+    )
+    probe_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the probes' logistic regression."})
+    seed: int = field(default=42, metadata={"help": "First seed; it also seeds the data split and the serving passes."})
+    use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even when a GPU is available."})
+
+    def __post_init__(self):
+        for name in self.variants:
+            variant(name)
+        unknown = [k for k in self.search_knobs if k not in SEARCH_SPACE]
+        if unknown:
+            raise ValueError(f"--search_knobs {unknown} unknown; choose from {', '.join(SEARCH_SPACE)}")
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+
+
+def parse_args(argv=None):
+    own = {f.name for f in dataclasses.fields(QualityArguments)}
+    parser = RoadworkArgumentParser(
+        (ModelArguments, DataArguments, SyntheticArguments, AugmentationArguments, FeatureCacheArguments,
+         QualityArguments),
+        description=__doc__, yaml_only_keys=train_only_keys() - own,
+    )  # fmt: skip
+    model, data, synthetic, augmentation, cache, args = parser.parse(argv)
+    if not cache.feature_cache:
+        cache.feature_cache = os.path.join(args.output_dir, "feature_cache")
+    return model, data, to_config(synthetic), to_config(augmentation), cache, args
+
+
+def recipe_from(args: QualityArguments, augmentation: RoadworkAugmentationConfig, data_args, changes=None) -> HeadRecipe:
+    """The --config recipe, with `changes` (a SEARCH_SPACE entry) applied."""
+    changes = dict(changes or {})
+    settings = HeadTrainingSettings(**{k: getattr(args, k) for k in SETTINGS_FIELDS if hasattr(args, k)})
+    settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if k in SETTINGS_FIELDS})
+    strength = changes.pop("augmentation_strength", augmentation.strength)
+    augmenter = RoadworkViewAugmenter(dataclasses.replace(augmentation, strength=strength))
+    overrides = {k: v for k, v in changes.items() if k not in SETTINGS_FIELDS and k != "early_stopping"}
+    return HeadRecipe(
+        model_overrides=overrides, settings=settings, augmenter=augmenter if augmenter.enabled else None,
+        early_stopping=changes.get("early_stopping", args.early_stopping),
+        metadata_dropout=data_args.metadata_dropout, metadata_field_dropout=data_args.metadata_field_dropout,
+    )  # fmt: skip
+
+
+def run_variants(data, base_config, recipe, rows, args, names, collator, device, label=None) -> list[dict]:
+    runs = []
+    for name in names:
+        chosen = variant(name)
+        for offset in range(args.seeds):
+            seed = args.seed + offset
+            started = time.perf_counter()
+            if chosen.kind == MODEL:
+                mcc = train_model_variant(data, base_config, chosen, recipe, rows, seed, args.eval_splits, collator, device)
+            else:
+                mcc = fit_probe(data, chosen.kind, rows, seed, args.eval_splits, data.cache.extractor.cache_dir, args.probe_c)
+            runs.append({"variant": label or name, "seed": seed, "mcc": mcc, "seconds": time.perf_counter() - started})
+            logger.info("%s seed %d: %s (%.1f s)", label or name, seed,
+                        ", ".join(f"{k} {v:.3f}" for k, v in mcc.items()), runs[-1]["seconds"])  # fmt: skip
+    return runs
+
+
+def search(data, base_config, args, augmentation, data_args, rows, collator, device) -> list[dict]:
+    """One knob at a time from the base recipe, then the winners together; full model, serving MCC on `test`."""
+    runs = run_variants(data, base_config, recipe_from(args, augmentation, data_args), rows, args, ["full"], collator,
+                        device, label="base")  # fmt: skip
+    base_score = summarise_runs(runs, ["test"], key="variant")[0]["test_mean"]
+    winners = {}
+    for knob in args.search_knobs:
+        values = SEARCH_SPACE[knob]
+        best_label, best_score = None, base_score
+        for value, changes in values.items():
+            label = f"{knob}={value}"
+            recipe = recipe_from(args, augmentation, data_args, changes)
+            mine = run_variants(data, base_config, recipe, rows, args, ["full"], collator, device, label=label)
+            runs += mine
+            score = summarise_runs(mine, ["test"], key="variant")[0]["test_mean"]
+            if score > best_score:
+                best_label, best_score = value, score
+        if best_label is not None:
+            winners.update(values[best_label])
+            logger.info("search: %s=%s wins (%.3f vs base %.3f)", knob, best_label, best_score, base_score)
+    if winners:
+        recipe = recipe_from(args, augmentation, data_args, winners)
+        runs += run_variants(data, base_config, recipe, rows, args, ["full"], collator, device,
+                             label="combined " + json.dumps(winners, sort_keys=True))  # fmt: skip
+    return runs
+
+
+def main(argv=None) -> dict:
+    model_args, data_args, synthetic, augmentation, cache_args, args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    started = time.time()
+    state = PartialState(cpu=args.use_cpu)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    # Stage 1: data, the backbone, the cache.
+    data_args.extra_eval_splits = [s for s in args.eval_splits if s != data_args.test_split]
+    splits, vocabularies = load_data(data_args, args.seed, synthetic)
+    if data_args.test_split != "test":
+        splits[data_args.test_split] = splits["test"]
+    base = build_model(model_args, vocabularies, splits["train"]).to(state.device).eval()
+    processor = RoadworkImageProcessor.from_model_config(base.config)
+    cache = RoadworkFeatureCache.from_arguments(cache_args, base, processor, accelerator=state)
+    data = QualityData(cache, splits, base, processor, args.seed)
+    collator = RoadworkDataCollator(text_embed_dim=base.config.text_embed_dim)  # serving sends no text
+    rows = stratified_indices(np.asarray(splits["train"]["label"]), args.train_size, args.seed)
+
+    # Stage 2: every contender over the seeds (or the recipe search).
+    if args.search:
+        runs = search(data, base.config, args, augmentation, data_args, rows, collator, state.device)
+        split_names, name = ["test"], "search"
+    else:
+        recipe = recipe_from(args, augmentation, data_args)
+        runs = run_variants(data, base.config, recipe, rows, args, args.variants, collator, state.device)
+        split_names, name = args.eval_splits, "quality"
+
+    # Stage 3: the table, the JSON line.
+    summary = summarise_runs(runs, split_names)
+    descriptions = {v: variant(v).description for v in args.variants}
+    sizes = {s: len(splits[s]) for s in split_names}
+    data_line = (
+        f"Serving MCC (no metadata, validator challenge transform, round(p)), mean +- std over seeds "
+        f"{args.seed}..{args.seed + args.seeds - 1}. Data: {data_args.dataset}, {len(rows)} training rows "
+        f"({int(np.asarray(splits['train']['label'])[rows].sum())} roadwork), eval rows {sizes}; backbone "
+        f"{model_args.backbone}, {base.config.num_views} views at {base.config.view_size} px; "
+        f"{args.num_train_epochs} epochs, augmentation {augmentation.strength}."
+    )
+    table = quality_table(summary, split_names, descriptions)
+    Path(args.output_dir, f"{name}.md").write_text(data_line + "\n\n" + table)
+    Path(args.output_dir, f"{name}.json").write_text(json.dumps({"data": data_line, "rows": summary, "runs": runs},
+                                                                indent=2))  # fmt: skip
+    print(data_line + "\n\n" + table, flush=True)
+    result = {"name": "quality_full_minus_probe_test_small", "value": None, "target": TARGET, "met": False,
+              "seconds": round(time.time() - started, 1)}  # fmt: skip
+    by_name = {row["variant"]: row for row in summary}
+    probes = [by_name[p] for p in (PROBE_VIEW, PROBE_224) if p in by_name]
+    if not args.search and "full" in by_name and probes and "test_small" in split_names:
+        full = by_name["full"]
+        best = max(probes, key=lambda row: row["test_small_mean"])
+        others = [s for s in split_names if s != "test_small"]
+        margins = {s: full[f"{s}_mean"] - max(p[f"{s}_mean"] for p in probes) for s in split_names}
+        value = full["test_small_mean"] - best["test_small_mean"]
+        result.update(value=round(value, 4), probe=best["variant"], margins={k: round(v, 4) for k, v in margins.items()},
+                      met=bool(value >= TARGET and all(margins[s] >= 0 for s in others)))  # fmt: skip
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Quality against the simplest peer: the multi-view model, its global view alone and a linear probe, on one cache.
+
+Every variant reads the same frozen backbone and the same training rows, and is scored on the same serving
+challenges (no metadata, the validators' challenge transform seeded by `--seed` and the row), on the standard test
+split and on the synthetic hard splits (`test_small`: roadwork under 1 % of the image; `test_occluded`;
+`test_distractor`: orange things and no roadwork). Variants:
+
+- `full`: the model as configured (12 views, pruning, attention, fusion; the global linear path when the config has
+  it on); `full_no_linear_path` / `full_linear_path`: the same with `use_global_linear_path` switched.
+- `global_view_only`: the same head on the global view's features alone (`keep_views=(0,)`, one view, no pruning).
+- `probe_view`: `LinearProbe` (standardised features + logistic regression) on the pooled feature of the global
+  view at the model's own view size, read from the cache (view 0 is the whole image resized to `view_size`):
+  exactly the input of the model's global view.
+- `probe_224`: the same probe on the whole image resized to 224x224 (`evaluation.single_view_features`), the
+  resolution an ImageNet backbone was trained at; extracted once per split and kept beside the cache.
+
+The probes train on the clean (unaugmented) training images, as `evaluation.linear_probe_baseline` does; the
+models on the cached augmentation passes, as train.py trains them. Heads train with `train_head` on the cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_collator import RoadworkDataCollator, RoadworkDataset, RoadworkViewAugmenter, labels_array
+from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor
+
+from .evaluation import PROBE_VIEW_SIZE, LinearProbe, single_view_features
+from .feature_cache import CachedSplit, CachePass, RoadworkCachedDataset, RoadworkFeatureCache, cache_key
+from .head_training import HeadTrainingSettings, evaluate_conditions, train_head
+from .metrics import classification_metrics
+
+
+logger = logging.getLogger(__name__)
+
+HARD_SPLITS = ("test_small", "test_occluded", "test_distractor")
+MODEL, PROBE_VIEW, PROBE_224 = "model", "probe_view", "probe_224"
+
+
+@dataclass(frozen=True)
+class QualityVariant:
+    """One contender: a head from the cache (`kind="model"`, config overrides, kept views) or a probe."""
+
+    name: str
+    description: str
+    kind: str = MODEL
+    overrides: tuple = ()  # (field, value) pairs of RoadworkConfig
+    keep_views: tuple | None = None
+
+
+QUALITY_VARIANTS = (
+    QualityVariant("full", "the multi-view model as configured"),
+    QualityVariant("full_no_linear_path", "the model without the global linear path (use_global_linear_path=False)",
+                   overrides=(("use_global_linear_path", False),)),
+    QualityVariant("full_linear_path", "the model with the global linear path (use_global_linear_path=True)",
+                   overrides=(("use_global_linear_path", True),)),
+    QualityVariant("global_view_only", "the same head on the global view alone (num_views=1, no pruning)",
+                   overrides=(("num_views", 1), ("use_view_pruning", False)), keep_views=(0,)),
+    QualityVariant(PROBE_VIEW, "linear probe on the global view at the model's view size (cached view 0)",
+                   kind=PROBE_VIEW),
+    QualityVariant(PROBE_224, f"linear probe on the global view at {PROBE_VIEW_SIZE}x{PROBE_VIEW_SIZE}",
+                   kind=PROBE_224),
+)  # fmt: skip
+QUALITY_VARIANT_NAMES = tuple(v.name for v in QUALITY_VARIANTS)
+
+
+def variant(name: str) -> QualityVariant:
+    for candidate in QUALITY_VARIANTS:
+        if candidate.name == name:
+            return candidate
+    raise ValueError(f"unknown variant {name!r}; choose from {', '.join(QUALITY_VARIANT_NAMES)}")
+
+
+def stratified_indices(labels: np.ndarray, size: int | None, seed: int) -> list[int]:
+    """Sorted indices of a seeded subset of `size` rows with the label mix of `labels` (all rows when None/too big)."""
+    if not size or size >= len(labels):
+        return list(range(len(labels)))
+    from sklearn.model_selection import train_test_split
+
+    stratify = labels if min(np.bincount(labels, minlength=2)) >= 2 else None
+    kept, _ = train_test_split(np.arange(len(labels)), train_size=size, random_state=seed, stratify=stratify)
+    return sorted(kept.tolist())
+
+
+class QualityData:
+    """
+    The cached features of one run: the train passes (subsettable by rows), the clean train pass (the probes' rows)
+    and the serving pass of every evaluated split, extracted on first use through `cache`.
+    """
+
+    def __init__(self, cache: RoadworkFeatureCache, splits: Mapping, model, processor, seed: int):
+        self.cache, self.splits, self.model, self.processor, self.seed = cache, splits, model, processor, seed
+        self._train_tables: dict[str, list] = {}
+        self._serving: dict[str, object] = {}
+        self._probe_224: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
+
+    def train_tables(self, augmenter: RoadworkViewAugmenter | None) -> list:
+        """The cached augmentation passes of the train split (one clean pass without augmentation)."""
+        key = json.dumps(augmenter.config.__dict__ if augmenter is not None else None, sort_keys=True, default=str)
+        if key not in self._train_tables:
+            passes = self.cache.training_passes(augmenter, self.seed)
+            self._train_tables[key] = [self.cache.extractor.extract(self.splits["train"], p) for p in passes]
+        return self._train_tables[key]
+
+    def clean_train(self):
+        return self.cache.extractor.extract(self.splits["train"], CachePass.clean())
+
+    def serving_table(self, split_name: str):
+        if split_name not in self._serving:
+            self._serving[split_name] = self.cache.extractor.extract(self.splits[split_name], CachePass.serving(self.seed))
+        return self._serving[split_name]
+
+    def serving_dataset(self, split_name: str, config, keep_views=None) -> RoadworkDataset:
+        """The `serving` condition of a split from the cache: no metadata, the validators' challenge transform."""
+        return RoadworkDataset(CachedSplit([self.serving_table(split_name)], keep_views), self.processor,
+                               vocabularies=config, augmentation="none", seed=self.seed, use_metadata=False)  # fmt: skip
+
+    def probe_224_features(self, split_name: str, serving: bool, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) features of the whole image at 224 px and (N,) labels, stored as .npz beside the feature cache."""
+        if (split_name, serving) in self._probe_224:
+            return self._probe_224[(split_name, serving)]
+        split = self.splits[split_name]
+        processor = RoadworkImageProcessor.from_model_config(self.model.config, view_size=PROBE_VIEW_SIZE)
+        described = CachePass("probe224-serving" if serving else "probe224-clean", None,
+                              "validator" if serving else None, self.seed if serving else None, 0)  # fmt: skip
+        key, _ = cache_key(self.model, processor, split, described, "float32", self.cache.extractor.fingerprint)
+        path = Path(cache_dir) / f"{described.name}-{key[:16]}.npz"
+        if path.is_file():
+            stored = np.load(path)
+            result = (stored["features"], stored["labels"])
+        else:
+            result = single_view_features(self.model, split, seed=self.seed, serving=serving)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, features=result[0], labels=result[1])
+            tmp.replace(path)
+        self._probe_224[(split_name, serving)] = result
+        return result
+
+
+def _view0(table, rows: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """View-0 features (N, D) and labels of the decodable rows of a cached pass."""
+    table = table.select(rows) if rows is not None else table
+    numpy = table.with_format("numpy", columns=["view_features", "label", "has_features"])
+    good = np.asarray(numpy["has_features"], dtype=bool)
+    features = np.asarray(numpy["view_features"])[good][:, 0].astype(np.float32)  # (N, V, D) -> view 0: (N, D)
+    return features, np.asarray(numpy["label"])[good].astype(int)
+
+
+def fit_probe(data: QualityData, kind: str, rows: Sequence[int], seed: int, eval_splits: Sequence[str],
+              cache_dir: Path, c: float = 1.0, clean_splits: Sequence[str] = ()) -> dict[str, float]:  # fmt: skip
+    """
+    A probe of `kind` fitted on the clean train `rows` -> serving MCC per split of `eval_splits`, plus the MCC on the
+    clean images (no challenge transform; the probe reads no metadata) of each of `clean_splits` as `"<split>/clean"`.
+    """
+    if kind == PROBE_VIEW:
+        features, labels = _view0(data.clean_train(), rows)
+    else:
+        features, labels = data.probe_224_features("train", False, cache_dir)
+        features, labels = features[list(rows)], labels[list(rows)]
+    probe = LinearProbe.fit(features, labels, c=c, seed=seed)
+    scores = {}
+    for name, serving in [(n, True) for n in eval_splits] + [(n, False) for n in clean_splits]:
+        if kind == PROBE_VIEW:
+            table = data.serving_table(name) if serving else data.cache.extractor.extract(data.splits[name], CachePass.clean())
+            eval_features, eval_labels = _view0(table)
+        else:
+            eval_features, eval_labels = data.probe_224_features(name, serving, cache_dir)
+        metrics = classification_metrics(probe.predict_proba(eval_features), eval_labels)
+        scores[name if serving else f"{name}/clean"] = float(metrics.get("mcc", math.nan))
+    return scores
+
+
+@dataclass
+class HeadRecipe:
+    """What a model variant trains with: config overrides, optimisation settings, augmentation, early stopping."""
+
+    model_overrides: dict = field(default_factory=dict)
+    settings: HeadTrainingSettings = field(default_factory=HeadTrainingSettings)
+    augmenter: RoadworkViewAugmenter | None = None
+    early_stopping: bool = False  # select the best epoch on validation serving MCC (patience in settings)
+    metadata_dropout: float = 0.5
+    metadata_field_dropout: float = 0.2
+
+
+def build_head(base_config, overrides: Mapping, seed: int) -> RoadworkForImageClassification:
+    """A fresh head (initialised from `seed`) with `overrides`; its backbone never runs (features come from the cache)."""
+    config = copy.deepcopy(base_config)
+    for name, value in overrides.items():
+        if not hasattr(config, name):
+            raise ValueError(f"unknown RoadworkConfig field {name!r} in the model overrides")
+        setattr(config, name, value)
+    config.validate_roadwork()
+    torch.manual_seed(seed)
+    return RoadworkForImageClassification(config)
+
+
+def train_model_variant(
+    data: QualityData, base_config, chosen: QualityVariant, recipe: HeadRecipe, rows: Sequence[int], seed: int,
+    eval_splits: Sequence[str], collator: RoadworkDataCollator, device,
+) -> dict[str, float]:  # fmt: skip
+    """Trains `chosen` on the cached train `rows` with `recipe` -> serving MCC per evaluated split."""
+    overrides = {**recipe.model_overrides, **dict(chosen.overrides)}
+    model = build_head(base_config, overrides, seed).to(device)
+    tables = [t.select(rows) for t in data.train_tables(recipe.augmenter)]
+    train_dataset = RoadworkCachedDataset(
+        CachedSplit(tables, chosen.keep_views), data.processor, vocabularies=model.config, seed=seed,
+        metadata_dropout=recipe.metadata_dropout, metadata_field_dropout=recipe.metadata_field_dropout,
+    )  # fmt: skip
+    settings = dataclasses.replace(recipe.settings, seed=seed)
+    validate = None
+    if recipe.early_stopping:
+        validation = {"serving": data.serving_dataset("validation", model.config, chosen.keep_views)}
+
+        def validate(m):
+            return evaluate_conditions(m, validation, collator, settings.per_device_eval_batch_size)["serving"].get("mcc", math.nan)
+
+    train_head(model, train_dataset, collator, settings, validate=validate)
+    datasets = {name: data.serving_dataset(name, model.config, chosen.keep_views) for name in eval_splits}
+    metrics = evaluate_conditions(model, datasets, collator, settings.per_device_eval_batch_size)
+    return {name: float(values.get("mcc", math.nan)) for name, values in metrics.items()}
+
+
+def summarise_runs(runs: Sequence[Mapping], split_names: Sequence[str], key: str = "variant") -> list[dict]:
+    """Per `key` value, in first-seen order: mean and std (ddof 1; 0 for one seed) of the MCC on every split."""
+    rows = []
+    for name in dict.fromkeys(run[key] for run in runs):
+        mine = [run for run in runs if run[key] == name]
+        row = {key: name, "seeds": len(mine)}
+        for split in split_names:
+            values = np.array([run["mcc"][split] for run in mine], dtype=float)
+            finite = values[np.isfinite(values)]
+            row[f"{split}_mean"] = float(finite.mean()) if len(finite) else math.nan
+            row[f"{split}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def quality_table(rows: Sequence[Mapping], split_names: Sequence[str], descriptions: Mapping[str, str],
+                  key: str = "variant") -> str:  # fmt: skip
+    """Markdown: one row per variant, serving MCC mean +- std per split."""
+    header = "| variant | " + " | ".join(f"{s} serving MCC" for s in split_names) + " | seeds | what it is |"
+    lines = [header, "|" + "---|" * (len(split_names) + 3)]
+    for row in rows:
+        cells = [f"{row[f'{s}_mean']:.3f} +- {row[f'{s}_std']:.3f}" for s in split_names]
+        lines.append(f"| {row[key]} | " + " | ".join(cells) + f" | {row['seeds']} | {descriptions.get(row[key], '')} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "HARD_SPLITS",
+    "HeadRecipe",
+    "QUALITY_VARIANTS",
+    "QUALITY_VARIANT_NAMES",
+    "QualityData",
+    "QualityVariant",
+    "build_head",
+    "fit_probe",
+    "quality_table",
+    "stratified_indices",
+    "summarise_runs",
+    "train_model_variant",
+    "variant",
+]

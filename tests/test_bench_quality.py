@@ -1,0 +1,95 @@
+"""The quality benchmark (model vs global view vs probe) and the ablation rows it adds, on tiny settings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from roadwork_training.ablate import ABLATIONS, markdown_table, summarise
+from roadwork_training.quality import QUALITY_VARIANT_NAMES, quality_table, stratified_indices, summarise_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = (
+    "dataset: synthetic\nsynthetic_num_train: 32\nsynthetic_num_test: 8\nsynthetic_num_hard_test: 8\n"
+    "validation_fraction: 0.25\nuse_text_embeddings: false\ngps_weighting: false\nbackbone_config:\n"
+    "  model_type: dinov3_vit\n  hidden_size: 32\n  intermediate_size: 64\n  num_hidden_layers: 1\n"
+    "  num_attention_heads: 2\n  patch_size: 16\n  image_size: 32\n  num_register_tokens: 4\nmodel_overrides:\n"
+    "  view_size: 32\n  hidden_size: 32\n  num_attention_heads: 4\n  num_attention_layers: 1\n"
+    "  fusion_hidden_size: 32\n  classifier_hidden_size: 16\nnum_train_epochs: 1\nper_device_train_batch_size: 8\n"
+)
+
+
+def test_quality_summary_table_and_subsets():
+    runs = [
+        {"variant": "full", "seed": 0, "mcc": {"test": 0.5, "test_small": 0.2}},
+        {"variant": "full", "seed": 1, "mcc": {"test": 0.7, "test_small": 0.4}},
+        {"variant": "probe_view", "seed": 0, "mcc": {"test": 0.6, "test_small": math.nan}},
+    ]
+    rows = summarise_runs(runs, ["test", "test_small"])
+    assert rows[0]["test_mean"] == pytest.approx(0.6) and rows[0]["test_std"] == pytest.approx(0.1414, abs=1e-3)
+    assert math.isnan(rows[1]["test_small_mean"]) and rows[1]["seeds"] == 1
+    table = quality_table(rows, ["test", "test_small"], {"full": "the model"})
+    assert "| full | 0.600 +- 0.141 | 0.300 +- 0.141 | 2 | the model |" in table
+    labels = np.array([1] * 80 + [0] * 20)
+    kept = stratified_indices(labels, 40, seed=0)
+    assert len(kept) == 40 and kept == sorted(kept) and labels[kept].sum() == 32
+    assert stratified_indices(labels, None, 0) == list(range(100)) == stratified_indices(labels, 500, 0)
+    assert {"full", "global_view_only", "probe_view", "probe_224"} <= set(QUALITY_VARIANT_NAMES)
+
+
+def test_ablation_table_shows_hard_split_columns():
+    runs = [{"ablation": "full", "description": "d", "serving_mcc": 0.2, "metadata_mcc": 0.5,
+             "test_small_serving_mcc": 0.1}]  # fmt: skip
+    rows = summarise(runs)
+    assert rows[0]["test_small_serving_mcc_mean"] == pytest.approx(0.1)
+    assert "test_small serving MCC" in markdown_table(rows, "x") and "| 0.100 +- 0.000 |" in markdown_table(rows, "x")
+    names = {a.name for a in ABLATIONS}
+    assert {"probe_view", "probe_224", "global_view_only", "no_global_linear_path", "global_linear_path"} <= names
+
+
+@pytest.mark.slow
+def test_bench_quality_prints_the_json_line(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_quality.py", "--config", str(config), "--seeds", "2", "--output_dir",
+         str(out), "--synthetic_dir", str(tmp_path / "syn"), "--use_cpu"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["name"] == "quality_full_minus_probe_test_small" and result["target"] == 0.1
+    assert isinstance(result["value"], float) and result["probe"] in ("probe_view", "probe_224")
+    assert set(result["margins"]) == {"test", "test_small", "test_occluded", "test_distractor"}
+    stored = json.loads((out / "quality.json").read_text())
+    assert [r["variant"] for r in stored["rows"]] == ["full", "full_no_linear_path", "global_view_only", "probe_view",
+                                                      "probe_224"]  # fmt: skip
+    assert all(r["seeds"] == 2 for r in stored["rows"]) and len(stored["runs"]) == 10
+    assert "| probe_224 |" in (out / "quality.md").read_text()
+
+
+@pytest.mark.slow
+def test_ablation_command_has_probe_rows_and_hard_splits(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "roadwork_training.ablate", "--config", str(config), "--seeds", "1", "--output_dir",
+         str(out), "--synthetic_dir", str(tmp_path / "syn"), "--extra_eval_splits", "test_small", "test_distractor",
+         "--ablations", "full", "no_global_linear_path", "probe_view", "probe_224"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "ablations.json").read_text())
+    assert [r["ablation"] for r in result["rows"]] == ["full", "no_global_linear_path", "probe_view", "probe_224"]
+    for row in result["rows"]:
+        assert {"test_small_serving_mcc_mean", "test_distractor_serving_mcc_mean", "serving_mcc_mean"} <= set(row)
+    assert "test_distractor serving MCC" in (out / "ablations.md").read_text()

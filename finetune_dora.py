@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         base = None  # a DoRA adapter changes the base's layers in place: every later fold loads a fresh one
         peft_model = apply_dora(model, dora, base_name, revision)
         train_dataset, eval_datasets = build_fold_datasets(
-            train_rows, validation_rows, image_processor, config, augmentation=RoadworkViewAugmenter(args.augmentation),
+            train_rows, validation_rows, image_processor, config,
+            augmentation=RoadworkViewAugmenter(args.augmentation),
             seed=training_args.seed + fold, metadata_dropout=args.data.metadata_dropout,
             metadata_field_dropout=args.data.metadata_field_dropout,
         )  # fmt: skip

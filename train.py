@@ -2,8 +2,8 @@
 """
 Train the roadwork classifier with the Hugging Face Trainer.
 
-    accelerate launch train.py --config configs/quickstart.yaml            # synthetic data, tiny backbone, CPU
-    accelerate launch train.py --config configs/base.yaml                  # DINOv3 ViT-H+/16 on natix-network-org/roadwork
+    accelerate launch train.py --config configs/quickstart.yaml        # synthetic data, tiny backbone, CPU
+    accelerate launch train.py --config configs/base.yaml              # DINOv3 ViT-H+/16 on natix-network-org/roadwork
     accelerate launch --multi_gpu --num_processes 2 train.py --config configs/base.yaml --learning_rate 2e-4
 
 Flags given on the command line override the YAML file. `python train.py --help` lists every flag.
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if cache is None:
         train_dataset = RoadworkDataset(
-            splits["train"], image_processor, vocabularies=config, augmentation=RoadworkViewAugmenter(args.augmentation),
-            seed=training_args.seed, **dropout,
+            splits["train"], image_processor, vocabularies=config,
+            augmentation=RoadworkViewAugmenter(args.augmentation), seed=training_args.seed, **dropout,
         )  # fmt: skip
     else:
         train_dataset = cache.train_dataset(

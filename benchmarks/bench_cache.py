@@ -1,7 +1,7 @@
 """Per-epoch wall time of head training from the feature cache / end to end, on the same frozen backbone.
 
-    python benchmarks/bench_cache.py                                   # quickstart-sized synthetic data, Lite0 at 96 px
-    python benchmarks/bench_cache.py --num_train 8 --view_size 32      # a quick check
+    python benchmarks/bench_cache.py                                  # quickstart-sized synthetic data, Lite0 at 96 px
+    python benchmarks/bench_cache.py --num_train 8 --view_size 32     # a quick check
 
 Backbone: the ImageNet-pretrained EfficientNet-Lite0 (`roadwork_backbones.ensure_efficientnet_lite0()`, offline) at
 `--view_size`; data: the synthetic dataset (`--num_train` rows, light augmentation). The same head and settings
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"extraction pass {extraction:.2f} s")  # fmt: skip
     result = {"name": "cache_epoch_time_ratio", "value": round(ratio, 4), "target": 0.1,
               "end_to_end_epoch_s": round(end_to_end, 3), "cache_epoch_s": round(from_cache, 4),
-              "extraction_pass_s": round(extraction, 3), "images": len(train), "view_size": args.view_size}  # fmt: skip
+              "extraction_pass_s": round(extraction, 3), "images": len(train),
+              "view_size": args.view_size}  # fmt: skip
     print(json.dumps(result), flush=True)
     return result
 

@@ -94,8 +94,9 @@ def measure_gpu(args: FlopsArguments) -> dict | None:
 def main(argv: list[str] | None = None) -> dict:
     (args,) = RoadworkArgumentParser((FlopsArguments,), description=__doc__).parse(argv)
     kw = DINOV3_VITH16PLUS_KWARGS
-    per_view = vit_flops(hidden=kw["hidden_size"], layers=kw["num_hidden_layers"], intermediate=kw["intermediate_size"],
-                         patch=kw["patch_size"], image=args.view_size, extra_tokens=1 + kw["num_register_tokens"])  # fmt: skip
+    per_view = vit_flops(hidden=kw["hidden_size"], layers=kw["num_hidden_layers"],
+                         intermediate=kw["intermediate_size"], patch=kw["patch_size"], image=args.view_size,
+                         extra_tokens=1 + kw["num_register_tokens"])  # fmt: skip
     backbone = per_view["total"] * args.num_views
     head = head_flops(args.head_batch)
     total = backbone + head
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"backbone x {args.num_views} views: {backbone / 1e12:.2f} TFLOP per image; head: {head / 1e9:.3f} GFLOP "
           f"({head / total:.4%} of the total)")  # fmt: skip
     images_per_s = rate / total
-    print(f"H100 at {UTILISATION:.0%} of {H100_BF16_DENSE_PEAK / 1e12:.0f} TFLOP/s bf16 dense: {images_per_s:.1f} images/s "
-          f"(backbone-bound: {images_per_s * 3600:.0f} images per hour)")  # fmt: skip
+    print(f"H100 at {UTILISATION:.0%} of {H100_BF16_DENSE_PEAK / 1e12:.0f} TFLOP/s bf16 dense: "
+          f"{images_per_s:.1f} images/s (backbone-bound: {images_per_s * 3600:.0f} images per hour)")  # fmt: skip
     measured = measure_gpu(args)
     if measured is None:
         print("no CUDA device: GPU measurement skipped")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from accelerate import PartialState
 
 
@@ -82,7 +80,9 @@ SETTINGS_FIELDS = {f.name for f in dataclasses.fields(HeadTrainingSettings)}
 
 @dataclass
 class QualityArguments:
-    seeds: int = field(default=3, metadata={"help": "Seeds per variant (seed, seed+1, ...): head init and data order."})
+    seeds: int = field(
+        default=3, metadata={"help": "Seeds per variant (seed, seed+1, ...): head init and data order."}
+    )
     variants: list[str] = field(
         default_factory=lambda: list(DEFAULT_VARIANTS),
         metadata={"help": f"Contenders, in order: {', '.join(QUALITY_VARIANT_NAMES)}."},
@@ -92,7 +92,8 @@ class QualityArguments:
         metadata={"help": "Splits scored under the serving condition (the hard ones need --synthetic_num_hard_test)."},
     )
     train_size: int | None = field(
-        default=None, metadata={"help": "Train on a seeded, stratified subset of this many training rows (all: unset)."}
+        default=None,
+        metadata={"help": "Train on a seeded, stratified subset of this many training rows (all: unset)."},
     )
     search: bool = field(default=False, metadata={"help": "Run the small-data recipe search instead (SEARCH_SPACE)."})
     search_knobs: list[str] = field(
@@ -115,7 +116,9 @@ class QualityArguments:
         default=None, metadata={"help": "With --early_stopping: stop after this many epochs without improvement."}
     )
     probe_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the probes' logistic regression."})
-    seed: int = field(default=42, metadata={"help": "First seed; it also seeds the data split and the serving passes."})
+    seed: int = field(
+        default=42, metadata={"help": "First seed; it also seeds the data split and the serving passes."}
+    )
     use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even when a GPU is available."})
 
     def __post_init__(self):
@@ -141,7 +144,9 @@ def parse_args(argv=None):
     return model, data, to_config(synthetic), to_config(augmentation), cache, args
 
 
-def recipe_from(args: QualityArguments, augmentation: RoadworkAugmentationConfig, data_args, changes=None) -> HeadRecipe:
+def recipe_from(
+    args: QualityArguments, augmentation: RoadworkAugmentationConfig, data_args, changes=None
+) -> HeadRecipe:
     """The --config recipe, with `changes` (a SEARCH_SPACE entry) applied."""
     changes = dict(changes or {})
     settings = HeadTrainingSettings(**{k: getattr(args, k) for k in SETTINGS_FIELDS if hasattr(args, k)})
@@ -164,9 +169,13 @@ def run_variants(data, base_config, recipe, rows, args, names, collator, device,
             seed = args.seed + offset
             started = time.perf_counter()
             if chosen.kind == MODEL:
-                mcc = train_model_variant(data, base_config, chosen, recipe, rows, seed, args.eval_splits, collator, device)
+                mcc = train_model_variant(
+                    data, base_config, chosen, recipe, rows, seed, args.eval_splits, collator, device
+                )
             else:
-                mcc = fit_probe(data, chosen.kind, rows, seed, args.eval_splits, data.cache.extractor.cache_dir, args.probe_c)
+                mcc = fit_probe(
+                    data, chosen.kind, rows, seed, args.eval_splits, data.cache.extractor.cache_dir, args.probe_c
+                )
             runs.append({"variant": label or name, "seed": seed, "mcc": mcc, "seconds": time.perf_counter() - started})
             logger.info("%s seed %d: %s (%.1f s)", label or name, seed,
                         ", ".join(f"{k} {v:.3f}" for k, v in mcc.items()), runs[-1]["seconds"])  # fmt: skip
@@ -254,7 +263,8 @@ def main(argv=None) -> dict:
         others = [s for s in split_names if s != "test_small"]
         margins = {s: full[f"{s}_mean"] - max(p[f"{s}_mean"] for p in probes) for s in split_names}
         value = full["test_small_mean"] - best["test_small_mean"]
-        result.update(value=round(value, 4), probe=best["variant"], margins={k: round(v, 4) for k, v in margins.items()},
+        result.update(value=round(value, 4), probe=best["variant"],
+                      margins={k: round(v, 4) for k, v in margins.items()},
                       met=bool(value >= TARGET and all(margins[s] >= 0 for s in others)))  # fmt: skip
     print(json.dumps(result), flush=True)
     return result

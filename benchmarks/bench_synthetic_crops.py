@@ -143,9 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{result['scenes']} roadwork test scenes x {args.draws_per_scene} validator challenges: "
         f"{100 * result['share']:.1f}% contain >= {args.min_visible_pixels:g} px of roadwork object "
-        f"(centre crop {100 * result['share_level0']:.1f}%, rotated random crops {100 * result['share_levels123']:.1f}%; "
+        f"(centre crop {100 * result['share_level0']:.1f}%, "
+        f"rotated random crops {100 * result['share_levels123']:.1f}%; "
         f"any object pixel {100 * result['share_any_pixel']:.1f}%); {100 * result['scene_share_majority']:.1f}% of "
-        f"scenes show an object in most challenges; mean share of object area kept {100 * result['mean_retained']:.1f}%"
+        f"scenes show an object in most challenges; "
+        f"mean share of object area kept {100 * result['mean_retained']:.1f}%"
     )
     print(json.dumps(result))
     return result

@@ -171,7 +171,10 @@ class RoadworkDataset(torch.utils.data.Dataset):
         metadata_dropout: float = 0.0,
         metadata_field_dropout: float = 0.0,
     ):
-        for name, value in (("metadata_dropout", metadata_dropout), ("metadata_field_dropout", metadata_field_dropout)):
+        for name, value in (
+            ("metadata_dropout", metadata_dropout),
+            ("metadata_field_dropout", metadata_field_dropout),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} is a probability and must be in [0, 1], got {value!r}")
         self.use_metadata = use_metadata

@@ -8,10 +8,10 @@ The `natix-network-org/roadwork` rows carry metadata as loosely formatted string
 - ``scene_description``: free text, empty, or the literal ``"No Description"``.
 
 This module turns them into the metadata arguments of `RoadworkForImageClassification.forward`: ``gps`` (2,)
-float with NaN for missing, ``weather_ids`` / ``daytime_ids`` / ``scene_ids`` (0 = NULL / unknown, ``i + 1`` = ``vocab[i]``),
-``weather_labels`` (``weather_ids - 1`` or -100) and a cleaned description. Nothing here raises on bad
-input: malformed values become "missing" and are counted in a [`RoadworkParseReport`], which logs a one-line
-summary once instead of one line per row.
+float with NaN for missing, ``weather_ids`` / ``daytime_ids`` / ``scene_ids`` (0 = NULL / unknown,
+``i + 1`` = ``vocab[i]``), ``weather_labels`` (``weather_ids - 1`` or -100) and a cleaned description. Nothing here
+raises on bad input: malformed values become "missing" and are counted in a [`RoadworkParseReport`], which logs a
+one-line summary once instead of one line per row.
 
 It lives on the data side, not in `modeling_roadwork/`: prediction from a Hub checkpoint never parses metadata
 (the image processor takes images only and serving sends none), so a checkpoint does not need it.

@@ -183,4 +183,6 @@ def load_backbone(
     return backbone, image_processor_preprocessing(name_or_path, hub_kwargs)
 
 
-__all__ = ["RESAMPLE_NAMES", "TIMM_PREFIX", "default_preprocessing", "load_backbone", "read_state_dict", "resample_name"]
+__all__ = [
+    "RESAMPLE_NAMES", "TIMM_PREFIX", "default_preprocessing", "load_backbone", "read_state_dict", "resample_name"
+]

@@ -390,7 +390,7 @@ class RoadworkImageProcessor(BaseImageProcessor):
 
     def draft_scale(self, width: int, height: int) -> int:
         """The JPEG reduction (1, 2, 4 or 8) that keeps at least `view_size` source pixels per side in every view."""
-        smallest = min(min(r - l, b - t) for l, t, r, b in self.view_boxes(width, height))
+        smallest = min(min(right - left, bottom - top) for left, top, right, bottom in self.view_boxes(width, height))
         return next(s for s in _JPEG_DRAFT_SCALES if smallest // s >= self.view_size or s == 1)
 
     # ------------------------------------------------------------------ decoding

@@ -1,4 +1,6 @@
-"""Layers of the roadwork head other than attention: MLPs, view pruning, the pyramid, the metadata encoder, decoders."""
+"""
+Layers of the roadwork head other than attention: MLPs, view pruning, the pyramid, the metadata encoder, decoders.
+"""
 
 from __future__ import annotations
 

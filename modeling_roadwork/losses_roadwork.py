@@ -36,7 +36,8 @@ def focal_loss(
 def view_consistency_loss(view_logits: torch.Tensor, target_probs: torch.Tensor | None = None) -> torch.Tensor:
     """
     `sum_i KL(p_i || p_target)` over views, averaged over the batch. `p_target` defaults to the mean of the view
-    predictions (`consistency_target="views_mean"`); pass the detached final prediction to distil it into every view instead.
+    predictions (`consistency_target="views_mean"`); pass the detached final prediction to distil it into every
+    view instead.
     view_logits (B, N, L), target_probs (B, L) or None -> scalar
     """
     log_p = view_logits.float().log_softmax(dim=-1)  # (B, N, L)

@@ -71,7 +71,8 @@ class RoadworkImageClassifierOutput(ModelOutput):
             Per-view classification scores of the view-consistency head.
         weather_logits (`torch.FloatTensor` of shape `(batch_size, len(weather_vocab))`, *optional*):
             Auxiliary weather scores from the vision vector.
-        seg_logits (`torch.FloatTensor` of shape `(batch_size, num_seg_classes, seg_resolution, seg_resolution)`, *optional*):
+        seg_logits (`torch.FloatTensor` of shape `(batch_size, num_seg_classes, seg_resolution, seg_resolution)`,
+            *optional*):
             Auxiliary mask logits of the roadwork object classes.
         vision_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
             The fused vision vector.
@@ -180,7 +181,10 @@ class RoadworkPreTrainedModel(PreTrainedModel):
         >>> model = RoadworkForImageClassification.from_backbone(
         ...     "timm:efficientnet_lite0",
         ...     backbone_weights="efficientnet_lite0.safetensors",
-        ...     backbone_kwargs={"model_args": {"pad_type": "same", "bn_eps": 1e-3}, "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}},
+        ...     backbone_kwargs={
+        ...         "model_args": {"pad_type": "same", "bn_eps": 1e-3},
+        ...         "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3},
+        ...     },
         ... )
         ```
         """
@@ -462,7 +466,8 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
         if labels is not None:
             loss, components = self.loss_function(
                 config, logits=logits, labels=labels, view_logits=view_logits, weather_logits=weather_logits,
-                weather_labels=weather_labels, seg_logits=seg_logits, seg_masks=seg_masks, seg_mask_valid=seg_mask_valid,
+                weather_labels=weather_labels, seg_logits=seg_logits, seg_masks=seg_masks,
+                seg_mask_valid=seg_mask_valid,
             )  # fmt: skip
 
         return RoadworkImageClassifierOutput(

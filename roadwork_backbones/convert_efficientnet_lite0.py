@@ -304,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        folder, record = convert(args.output_dir, num_images=args.num_images, tolerance=args.tolerance, force=args.force)
+        folder, record = convert(
+            args.output_dir, num_images=args.num_images, tolerance=args.tolerance, force=args.force
+        )
     except (ImportError, RuntimeError, ValueError) as error:
         logger.error("%s", error)
         return 1

@@ -1,7 +1,8 @@
 """Ablations from the feature cache: train the head with each component switched off in turn, over several seeds.
 
     python -m roadwork_training.ablate --config configs/quickstart.yaml --seeds 3 --output_dir outputs/ablations
-    python -m roadwork_training.ablate --config configs/base.yaml --seeds 5 --feature_cache /data/features --output_dir out
+    python -m roadwork_training.ablate --config configs/base.yaml --seeds 5 --feature_cache /data/features \
+        --output_dir out
 
 The backbone runs once (the feature cache, reused by later runs); every (ablation, seed) trains a fresh head from
 the cached features for --num_train_epochs with the YAML's optimisation settings and evaluates the final head on the
@@ -247,7 +248,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 seed = args.seed + offset
                 started_probe = time.perf_counter()
                 mcc = fit_probe(quality_data, ablation.kind, range(len(splits["train"])), seed,
-                                ["test", *data_args.extra_eval_splits], cache.extractor.cache_dir, clean_splits=["test"])
+                                ["test", *data_args.extra_eval_splits], cache.extractor.cache_dir,
+                                clean_splits=["test"])
                 run = {"ablation": ablation.name, "description": ablation.description, "seed": seed,
                        "train_seconds": time.perf_counter() - started_probe, "serving_mcc": mcc["test"],
                        "metadata_mcc": mcc["test/clean"]}  # fmt: skip
@@ -291,10 +293,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # Stage 3: the table, JSON and chart.
     rows = summarise(runs)
     labels = np.asarray(get_column(target, "label"))
+    backbone_label = (
+        (model_args.backbone_config and "random (backbone_config)")
+        or model_args.model_name_or_path
+        or model_args.backbone
+    )
     data_line = (
         f"Data: {data_args.dataset}, trained on {len(splits['train'])} rows, evaluated on the {data_args.test_split} "
         f"split ({len(target)} rows, {int((labels == 1).sum())} roadwork / {int((labels == 0).sum())} none); backbone "
-        f"{model_args.backbone_config and 'random (backbone_config)' or model_args.model_name_or_path or model_args.backbone}, "
+        f"{backbone_label}, "
         f"{base.config.num_views} views at {base.config.view_size} px; {args.num_train_epochs} epochs, "
         f"{cache.num_passes} cached augmentation pass(es); seeds {args.seed}..{args.seed + args.seeds - 1}."
     )

@@ -139,10 +139,10 @@ def _yaml_default(action, value):
 
 class RoadworkArgumentParser(HfArgumentParser):
     """
-    `HfArgumentParser` over argument dataclasses plus `--config FILE.yaml`: the YAML file's keys become the defaults and
-    command-line flags override them. Unknown YAML keys are an error naming the file, except `yaml_only_keys`: flags
-    of another script that shares the YAML file (train.py's), accepted in the file and ignored here. JSON mappings in
-    `MERGED_MAPPINGS` given on the command line are merged into the YAML's mapping instead of replacing it.
+    `HfArgumentParser` over argument dataclasses plus `--config FILE.yaml`: the YAML file's keys become the defaults
+    and command-line flags override them. Unknown YAML keys are an error naming the file, except `yaml_only_keys`:
+    flags of another script that shares the YAML file (train.py's), accepted in the file and ignored here. JSON
+    mappings in `MERGED_MAPPINGS` given on the command line are merged into the YAML's mapping instead of replacing it.
     """
 
     def __init__(

@@ -53,7 +53,8 @@ class ModelArguments:
         metadata={
             "help": "JSON (or a YAML mapping) for loading --backbone: AutoModel.from_pretrained arguments (revision, "
             "...), or with timm:<architecture> TimmWrapperConfig fields, e.g. "
-            '{"model_args": {"pad_type": "same"}, "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}.'
+            '{"model_args": {"pad_type": "same"}, '
+            '"pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}.'
         },
     )
     backbone_config: str | None = field(

@@ -1,7 +1,8 @@
 """Extract the frozen backbone's features into the feature cache, ahead of training.
 
     python -m roadwork_training.cache --config configs/quickstart.yaml --feature_cache ~/.cache/roadwork/features
-    accelerate launch -m roadwork_training.cache --config configs/base.yaml --feature_cache /data/features --feature_cache_passes 8
+    accelerate launch -m roadwork_training.cache --config configs/base.yaml --feature_cache /data/features \
+        --feature_cache_passes 8
 
 Reads the same YAML as train.py (its training-only keys are ignored here) and extracts exactly what
 `train.py --feature_cache DIR` with the same flags reads: `--feature_cache_passes` augmentation passes of the train

@@ -497,7 +497,8 @@ def load_fold_record(fold_dir: str | os.PathLike) -> dict | None:
 
 
 def fold_model_card(*, repo_id: str, base_model: str, base_revision: str | None, fold: int, num_folds: int,
-                    metrics: Mapping[str, float], dataset: str, dora: DoraArguments, learning_rate: float) -> str:  # fmt: skip
+                    metrics: Mapping[str, float], dataset: str, dora: DoraArguments,
+                    learning_rate: float) -> str:  # fmt: skip
     """The adapter repo's README.md (`huggingface_hub.ModelCard`): base model, fold, validation metrics under each
     condition, and how to load it."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -517,7 +518,8 @@ def fold_model_card(*, repo_id: str, base_model: str, base_revision: str | None,
 # {repo_id.rstrip("/").split("/")[-1]}
 
 A {"DoRA" if dora.use_dora else "LoRA"} adapter (r={dora.lora_r}, alpha={dora.lora_alpha}, targets
-{", ".join(f"`{t}`" for t in dora.target_modules)}; heads trained in full: {", ".join(f"`{m}`" for m in dora.modules_to_save)})
+{", ".join(f"`{t}`" for t in dora.target_modules)}; heads trained in full: \
+{", ".join(f"`{m}`" for m in dora.modules_to_save)})
 for the roadwork classifier `{base_model}`{revision}: fold {fold} of {num_folds} stratified folds of the target split
 of `{dataset}`, trained on the other {num_folds - 1} folds (learning rate {learning_rate:g}).
 
@@ -528,7 +530,8 @@ of `{dataset}`, trained on the other {num_folds - 1} folds (learning rate {learn
 ```python
 from peft import PeftModel
 from transformers import AutoModelForImageClassification
-model = PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained("{base_model}", trust_remote_code=True), "{repo_id}").eval()
+model = PeftModel.from_pretrained(\
+AutoModelForImageClassification.from_pretrained("{base_model}", trust_remote_code=True), "{repo_id}").eval()
 ```
 
 Inputs are the base's: `AutoImageProcessor.from_pretrained("{base_model}", trust_remote_code=True)`.

@@ -300,7 +300,9 @@ class RoadworkFeatureExtractor:
             return load_pass(directory)
         index, count = self._process()
         ranges = shard_ranges(len(split), self.shard_size)
-        mine = [s for s in shards_for_process(len(ranges), index, count) if not self._shard_path(directory, s).is_dir()]
+        mine = [
+            s for s in shards_for_process(len(ranges), index, count) if not self._shard_path(directory, s).is_dir()
+        ]
         if index == 0:
             directory.mkdir(parents=True, exist_ok=True)
             (directory / KEY_FILE).write_text(json.dumps(described, indent=2, default=str))
@@ -314,8 +316,9 @@ class RoadworkFeatureExtractor:
                     f"feature cache {directory}: shards {missing} were not written; run again to resume"
                 )
             size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
-            info = {"rows": len(split), "shards": len(ranges), "bytes": size, "bytes_per_image": size / max(len(split), 1),
-                    "pass": cache_pass.name, "dtype": self.dtype, "created": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+            info = {"rows": len(split), "shards": len(ranges), "bytes": size,
+                    "bytes_per_image": size / max(len(split), 1), "pass": cache_pass.name, "dtype": self.dtype,
+                    "created": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
             (directory / INFO_FILE).write_text(json.dumps(info, indent=2))
             print(
                 f"feature cache {cache_pass.name}: {len(split)} images, {size / 2**20:.1f} MiB on disk, "

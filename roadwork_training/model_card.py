@@ -82,7 +82,8 @@ model code ships with the checkpoint (`trust_remote_code=True`).
 ```python
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 model = AutoModelForImageClassification.from_pretrained("{repo_id}", trust_remote_code=True)
-classifier = pipeline("image-classification", model=model, image_processor=AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=True))
+classifier = pipeline("image-classification", model=model, \
+image_processor=AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=True))
 ```
 
 `classifier("street.jpg")` returns the scores of `Roadwork` and `None`; the StreetVision miner reads the score of

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_collator import RoadworkDataCollator, RoadworkDataset, RoadworkViewAugmenter, labels_array
+from data_collator import RoadworkDataCollator, RoadworkDataset, RoadworkViewAugmenter
 from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor
 
 from .evaluation import PROBE_VIEW_SIZE, LinearProbe, single_view_features
@@ -117,13 +117,16 @@ class QualityData:
 
     def serving_table(self, split_name: str):
         if split_name not in self._serving:
-            self._serving[split_name] = self.cache.extractor.extract(self.splits[split_name], CachePass.serving(self.seed))
+            self._serving[split_name] = self.cache.extractor.extract(
+                self.splits[split_name], CachePass.serving(self.seed)
+            )
         return self._serving[split_name]
 
     def serving_dataset(self, split_name: str, config, keep_views=None) -> RoadworkDataset:
         """The `serving` condition of a split from the cache: no metadata, the validators' challenge transform."""
         return RoadworkDataset(CachedSplit([self.serving_table(split_name)], keep_views), self.processor,
-                               vocabularies=config, augmentation="none", seed=self.seed, use_metadata=False)  # fmt: skip
+                               vocabularies=config, augmentation="none", seed=self.seed,
+                               use_metadata=False)  # fmt: skip
 
     def probe_224_features(self, split_name: str, serving: bool, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) features of the whole image at 224 px and (N,) labels, stored as .npz beside the feature cache."""
@@ -172,7 +175,11 @@ def fit_probe(data: QualityData, kind: str, rows: Sequence[int], seed: int, eval
     scores = {}
     for name, serving in [(n, True) for n in eval_splits] + [(n, False) for n in clean_splits]:
         if kind == PROBE_VIEW:
-            table = data.serving_table(name) if serving else data.cache.extractor.extract(data.splits[name], CachePass.clean())
+            table = (
+                data.serving_table(name)
+                if serving
+                else data.cache.extractor.extract(data.splits[name], CachePass.clean())
+            )
             eval_features, eval_labels = _view0(table)
         else:
             eval_features, eval_labels = data.probe_224_features(name, serving, cache_dir)
@@ -194,7 +201,9 @@ class HeadRecipe:
 
 
 def build_head(base_config, overrides: Mapping, seed: int) -> RoadworkForImageClassification:
-    """A fresh head (initialised from `seed`) with `overrides`; its backbone never runs (features come from the cache)."""
+    """
+    A fresh head (initialised from `seed`) with `overrides`; its backbone never runs (features come from the cache).
+    """
     config = copy.deepcopy(base_config)
     for name, value in overrides.items():
         if not hasattr(config, name):
@@ -223,7 +232,8 @@ def train_model_variant(
         validation = {"serving": data.serving_dataset("validation", model.config, chosen.keep_views)}
 
         def validate(m):
-            return evaluate_conditions(m, validation, collator, settings.per_device_eval_batch_size)["serving"].get("mcc", math.nan)
+            conditions = evaluate_conditions(m, validation, collator, settings.per_device_eval_batch_size)
+            return conditions["serving"].get("mcc", math.nan)
 
     train_head(model, train_dataset, collator, settings, validate=validate)
     datasets = {name: data.serving_dataset(name, model.config, chosen.keep_views) for name in eval_splits}
@@ -253,7 +263,9 @@ def quality_table(rows: Sequence[Mapping], split_names: Sequence[str], descripti
     lines = [header, "|" + "---|" * (len(split_names) + 3)]
     for row in rows:
         cells = [f"{row[f'{s}_mean']:.3f} +- {row[f'{s}_std']:.3f}" for s in split_names]
-        lines.append(f"| {row[key]} | " + " | ".join(cells) + f" | {row['seeds']} | {descriptions.get(row[key], '')} |")
+        lines.append(
+            f"| {row[key]} | " + " | ".join(cells) + f" | {row['seeds']} | {descriptions.get(row[key], '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -77,8 +77,9 @@ def test_ablation_command_writes_table_json_and_png(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "dataset: synthetic\nsynthetic_num_train: 24\nsynthetic_num_test: 8\nvalidation_fraction: 0.2\n"
-        "use_text_embeddings: false\ngps_weighting: false\nbackbone_config:\n  model_type: dinov3_vit\n  hidden_size: 32\n"
-        "  intermediate_size: 64\n  num_hidden_layers: 1\n  num_attention_heads: 2\n  patch_size: 16\n  image_size: 32\n"
+        "use_text_embeddings: false\ngps_weighting: false\nbackbone_config:\n  model_type: dinov3_vit\n"
+        "  hidden_size: 32\n  intermediate_size: 64\n  num_hidden_layers: 1\n  num_attention_heads: 2\n"
+        "  patch_size: 16\n  image_size: 32\n"
         "  num_register_tokens: 4\nmodel_overrides:\n  view_size: 32\n  hidden_size: 32\n  num_attention_heads: 4\n"
         "  num_attention_layers: 1\n  fusion_hidden_size: 32\n  classifier_hidden_size: 16\n"
         "num_train_epochs: 1\nper_device_train_batch_size: 8\n"

@@ -15,6 +15,7 @@ import pytest
 from roadwork_training.ablate import ABLATIONS, markdown_table, summarise
 from roadwork_training.quality import QUALITY_VARIANT_NAMES, quality_table, stratified_indices, summarise_runs
 
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = (
     "dataset: synthetic\nsynthetic_num_train: 32\nsynthetic_num_test: 8\nsynthetic_num_hard_test: 8\n"

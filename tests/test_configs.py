@@ -31,9 +31,9 @@ OTHER_SCRIPTS = ("distill", "dora")
 ALL_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith(OTHER_SCRIPTS))
 BASELINE = "model_1_baseline"
 
-# The ensemble of the original design (README, Training: six members): seed, learning rate, dropout, < 50 km GPS weight, augmentation
-# scale ("Augmentation Strength Variations": 1.5x for model 2, 0.75x for model 3), and the RoadworkConfig fields
-# that make the architecture differ from the baseline.
+# The ensemble of the original design (README, Training: six members): seed, learning rate, dropout, < 50 km GPS
+# weight, augmentation scale ("Augmentation Strength Variations": 1.5x for model 2, 0.75x for model 3), and the
+# RoadworkConfig fields that make the architecture differ from the baseline.
 ENSEMBLE = {
     "model_1_baseline": dict(seed=42, lr=3e-4, dropout=0.10, gps=5.0, arch={}),
     "model_2_no_pruning": dict(
@@ -75,7 +75,9 @@ def _yaml(path: Path) -> dict:
 
 
 def _parse(path: Path):
-    """train.parse_args on one config -> its TrainArguments (model, data, synthetic, augmentation, gps, run, training)."""
+    """
+    train.parse_args on one config -> its TrainArguments (model, data, synthetic, augmentation, gps, run, training).
+    """
     argv = ["--config", str(path)]
     if _yaml(path).get("bf16") and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         # TrainingArguments refuses bf16 without a bf16 GPU unless use_cpu is set; this machine may have none.

@@ -348,7 +348,8 @@ def test_batch_runs_through_the_model(rows, processor):
              "--min_fraction_within_100km", "0.6", "--max_mean_distance_km", "200"],
         ),
         ("SyntheticDatasetConfig", ["--num_train", "12", "--mask_rate", "0.5"]),
-        ("RoadworkAugmentationConfig", ["--strength", "light", "--zoom_range", "0.9", "1.1", "--motion_blur_kernel", "3", "7"]),
+        ("RoadworkAugmentationConfig",
+         ["--strength", "light", "--zoom_range", "0.9", "1.1", "--motion_blur_kernel", "3", "7"]),
     ],
 )  # fmt: skip
 def test_data_configs_parse_as_command_line_flags(config_class, flags):

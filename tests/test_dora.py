@@ -235,7 +235,9 @@ def test_build_ensembles_selects_top_folds_and_fits_stacking():
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 10)
     noisy = lambda scale: np.clip(y * 0.6 + 0.2 + rng.normal(0, scale, len(y)), 0, 1).tolist()  # noqa: E731
-    records = [_record(f, m, noisy(0.1 + 0.1 * f), y.tolist()) for f, m in enumerate([0.1, 0.5, float("nan"), 0.4, 0.3])]
+    records = [
+        _record(f, m, noisy(0.1 + 0.1 * f), y.tolist()) for f, m in enumerate([0.1, 0.5, float("nan"), 0.4, 0.3])
+    ]
     assert [r["fold"] for r in select_members(records, 3)] == [1, 3, 4]
     ensemble, report = build_ensembles(
         records, base_model="o/base", base_revision="abc", size=3, adapters={f: f"fold{f}" for f in range(5)}
@@ -287,10 +289,10 @@ def tiny_base_dir(tmp_path_factory) -> Path:
 
 def _args(synthetic_dir, base, out, *extra):
     return [
-        "--config", str(REPO / "configs" / "dora_quickstart.yaml"), "--base_model", str(base), "--output_dir", str(out),
-        "--synthetic_dir", str(synthetic_dir), "--synthetic_num_train", str(NUM_TRAIN),
-        "--synthetic_num_test", str(NUM_TEST), "--synthetic_test_positive_rate", "0.5", "--use_text_embeddings", "false",
-        "--folds", "0", "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--config", str(REPO / "configs" / "dora_quickstart.yaml"), "--base_model", str(base),
+        "--output_dir", str(out), "--synthetic_dir", str(synthetic_dir), "--synthetic_num_train", str(NUM_TRAIN),
+        "--synthetic_num_test", str(NUM_TEST), "--synthetic_test_positive_rate", "0.5",
+        "--use_text_embeddings", "false", "--folds", "0", "--max_steps", "2", "--per_device_train_batch_size", "8",
         "--per_device_eval_batch_size", str(EVAL_BATCH), "--eval_strategy", "steps", "--eval_steps", "1",
         "--save_strategy", "steps", "--save_steps", "1", "--disable_tqdm", "true", "--learning_rate", "1e-2", *extra,
     ]  # fmt: skip

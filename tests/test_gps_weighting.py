@@ -250,7 +250,9 @@ def test_failure_advice_fixes_the_weighting():
     suggested = float(re.search(r"bracket_weights\[0\]\) from 5 to ([0-9.]+)", failure).group(1))
     assert suggested > 5.0
 
-    fixed = RoadworkGPSWeightingConfig(num_clusters=2, num_validation_samples=4000, bracket_weights=[suggested, 2.5, 1.0, 0.3])
+    fixed = RoadworkGPSWeightingConfig(
+        num_clusters=2, num_validation_samples=4000, bracket_weights=[suggested, 2.5, 1.0, 0.3]
+    )
     _, fixed_report = prepare_gps_weighting(train, target, fixed)
     assert fixed_report.fraction_within_50km >= 0.5
     assert not any("within 50 km" in f for f in fixed_report.failures)

@@ -63,7 +63,7 @@ def test_view_boxes_geometry(width, height):
 
     tiles = boxes[1:10]
     tile_w, tile_h = tiles[0][2] - tiles[0][0], tiles[0][3] - tiles[0][1]
-    assert all((r - l, b - t) == (tile_w, tile_h) for l, t, r, b in tiles)
+    assert all((right - left, bottom - top) == (tile_w, tile_h) for left, top, right, bottom in tiles)
     if max(width, height) / min(width, height) <= 2.5:
         assert tile_w == tile_h, "tiles are square unless the aspect ratio exceeds 1 + 2 * 0.75"
     else:
@@ -108,7 +108,9 @@ def test_other_grids_and_tiny_images():
     assert processor.num_views == 7 and len(processor.view_boxes(300, 200)) == 7
     for width, height in [(1, 1), (2, 1), (3, 7)]:
         boxes = RoadworkImageProcessor().view_boxes(width, height)
-        assert all(0 <= l < r <= width and 0 <= t < b <= height for l, t, r, b in boxes)
+        assert all(
+            0 <= left < right <= width and 0 <= top < bottom <= height for left, top, right, bottom in boxes
+        )
     with pytest.raises(ValueError, match="width"):
         RoadworkImageProcessor().view_boxes(0, 10)
 

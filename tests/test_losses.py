@@ -1,4 +1,6 @@
-"""roadwork_loss (modeling_roadwork/losses_roadwork.py) called directly: which components run, and the weighted total."""
+"""
+roadwork_loss (modeling_roadwork/losses_roadwork.py) called directly: which components run, and the weighted total.
+"""
 
 from __future__ import annotations
 

@@ -159,7 +159,9 @@ def test_global_linear_path_adds_a_probe_on_view_zero_to_the_head_logits():
     moved = features.clone()
     moved[:, 1:] += 1.0
     with torch.no_grad():
-        torch.testing.assert_close(model.global_classifier(model.roadwork(view_features=moved).global_view_features), probe)
+        torch.testing.assert_close(
+            model.global_classifier(model.roadwork(view_features=moved).global_view_features), probe
+        )
         changed = features.clone()
         changed[:, 0] = torch.randn(3, 32)  # not a shift: LayerNorm is shift-invariant
         assert not torch.allclose(model.global_classifier(changed[:, 0]), probe)
@@ -325,7 +327,8 @@ def test_components_without_labels_in_batch_are_skipped_not_nan():
     model = _model()
     out = model(
         view_features=torch.randn(3, 12, 32), labels=torch.tensor([0, 1, 1]),
-        weather_labels=torch.full((3,), -100), seg_masks=torch.rand(3, 6, 8, 8), seg_mask_valid=torch.zeros(3, dtype=torch.bool),
+        weather_labels=torch.full((3,), -100), seg_masks=torch.rand(3, 6, 8, 8),
+        seg_mask_valid=torch.zeros(3, dtype=torch.bool),
     )  # fmt: skip
     assert out.weather_loss is None and out.seg_loss is None
     assert out.focal_loss is not None and torch.isfinite(out.loss)
@@ -373,8 +376,8 @@ def test_model_overfits_sixteen_examples():
 # levels, 2 decoder stages). These names are a public contract (checkpoints, PEFT `target_modules`, DoRA adapters).
 EXPECTED_HEAD_MODULES = {
     "roadwork.view_pruning.scorer.fc1", "roadwork.view_pruning.scorer.fc2", "roadwork.input_projection",
-    "roadwork.view_embeddings", "roadwork.pyramid.levels.0.fc", "roadwork.pyramid.levels.1.fc", "roadwork.pyramid.fuse",
-    "roadwork.pyramid.layer_norm",
+    "roadwork.view_embeddings", "roadwork.pyramid.levels.0.fc", "roadwork.pyramid.levels.1.fc",
+    "roadwork.pyramid.fuse", "roadwork.pyramid.layer_norm",
     *(
         f"roadwork.attention_layers.{i}.{name}"
         for i in range(2)

@@ -2,9 +2,10 @@
 and the GPS weighting gate.
 
 Every run is a tiny variant of the quickstart (tests/configs/tiny_quickstart.yaml: a tiny random backbone, trained
-end to end; 48 + 16 synthetic rows, batch 8, a few steps; see `TINY_ARGS`). The synthetic dataset is generated once per session into a temporary ROADWORK_CACHE. Runs that
-must behave as a user's do (`python train.py`, `accelerate launch`, a restart) are subprocesses; the argument parsing,
-the GPS gate and the Hub push run in-process through `train.parse_args` / `train.main`.
+end to end; 48 + 16 synthetic rows, batch 8, a few steps; see `TINY_ARGS`). The synthetic dataset is generated once per
+session into a temporary ROADWORK_CACHE. Runs that must behave as a user's do (`python train.py`, `accelerate launch`,
+a restart) are subprocesses; the argument parsing, the GPS gate and the Hub push run in-process through
+`train.parse_args` / `train.main`.
 
 Timings on the shared 2-core development machine: 3 to 3.5 minutes for the whole file (10 tests), about 30 s without
 the `slow` ones.
@@ -450,7 +451,8 @@ def test_summary_line_and_output_folder(uninterrupted_run, roadwork_cache, fresh
     assert summary["reward"] == f"{results['test_serving_streetvision_reward']:.4f}"
     # all_results.json leads with the serving condition, split by split.
     keys = list(results)
-    assert keys[0].startswith("validation_serving_") and keys.index("test_serving_mcc") < keys.index("test_metadata_mcc")
+    assert keys[0].startswith("validation_serving_")
+    assert keys.index("test_serving_mcc") < keys.index("test_metadata_mcc")
     assert 0 < float(summary["minutes"]) < 30
     assert Path(summary["checkpoint"]) == out.resolve()
 
@@ -512,8 +514,9 @@ def test_push_to_hub_model_card_and_parity(hub, roadwork_cache, tmp_path, monkey
     in_progress = [c for c in commits if c.title.startswith("Training in progress")]
     assert in_progress, [c.title for c in commits]
     checkpoint_files = set(hub.files(repo_id, revision=in_progress[-1].commit_id))
-    assert {"README.md", "config.json", "model.safetensors", "modeling_roadwork.py", "configuration_roadwork.py",
-            "image_processing_roadwork.py", "preprocessor_config.json"} <= checkpoint_files, sorted(checkpoint_files)  # fmt: skip
+    assert {"README.md", "config.json", "model.safetensors", "modeling_roadwork.py",
+            "configuration_roadwork.py", "image_processing_roadwork.py",
+            "preprocessor_config.json"} <= checkpoint_files, sorted(checkpoint_files)  # fmt: skip
     files = set(hub.files(repo_id))
     expected = {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "modeling_roadwork.py",
                 "configuration_roadwork.py", "image_processing_roadwork.py"}  # fmt: skip
@@ -628,7 +631,8 @@ def test_gps_criteria_failure_stops_before_training(roadwork_cache, tmp_path, mo
     assert weights is not None and len(weights) == len(splits["train"])
     # Relaxing the criterion the report names is the other way out: the absurd weights then pass.
     relaxed = train.parse_args([*TINY_ARGS, *ABSURD_GPS, "--gps_min_fraction_within_50km", "0",
-                                "--gps_min_fraction_within_100km", "0", "--gps_max_mean_distance_km", "100000"])  # fmt: skip
+                                "--gps_min_fraction_within_100km", "0",
+                                "--gps_max_mean_distance_km", "100000"])  # fmt: skip
     assert train.gps_sample_weights(relaxed.gps, splits["train"], splits["test"], None) is not None
 
 

@@ -99,8 +99,13 @@ class RoadworkGPSReport:
     def summary(self) -> str:
         """Multi-line, human-readable account of the validation."""
         c = self.config
-        pct = lambda x: "n/a" if not math.isfinite(x) else f"{100 * x:.1f}%"
-        km = lambda x: "n/a" if not math.isfinite(x) else f"{x:.1f}"
+
+        def pct(x):
+            return "n/a" if not math.isfinite(x) else f"{100 * x:.1f}%"
+
+        def km(x):
+            return "n/a" if not math.isfinite(x) else f"{x:.1f}"
+
         with_gps = self.num_train_rows - self.num_train_missing_gps
         sampled_missing = self.num_sampled_missing_gps / max(self.num_samples, 1)
         lines = [
@@ -175,7 +180,9 @@ def _advice(key: str, radius_km: float, nearest_km: np.ndarray, has: np.ndarray,
     meets = (lambda v: v < 0.97 * target) if key == "mean" else (lambda v: v >= min(target + 0.01, 1.0))
     near = [i for i, e in enumerate(edges) if e <= radius_km] or [0]
     far = len(weights) - 1
-    fmt = lambda xs: ", ".join(f"bracket_weights[{i}]" for i in xs)
+
+    def fmt(xs):
+        return ", ".join(f"bracket_weights[{i}]" for i in xs)
 
     def try_scaling(indices, up: bool):
         for factor in _ADVICE_FACTORS:
@@ -194,7 +201,8 @@ def _advice(key: str, radius_km: float, nearest_km: np.ndarray, has: np.ndarray,
     if raised is not None:
         changes = ", ".join(f"{weights[i]:g} to {raised[i]:.3g}" for i in near)
         options.append(
-            f"raise the {_bracket_label(0, edges[near[-1]])} weight ({fmt(near)}) from {changes} (expected {show(value)})"
+            f"raise the {_bracket_label(0, edges[near[-1]])} weight ({fmt(near)}) from {changes} "
+            f"(expected {show(value)})"
         )
     if far not in near:
         lowered, value = try_scaling([far], up=False)

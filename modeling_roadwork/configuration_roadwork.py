@@ -53,14 +53,16 @@ def _backbone_config_from(value) -> PretrainedConfig:
         model_type = value.pop("model_type", "dinov3_vit")
         if model_type not in _SUPPORTED_BACKBONES:
             raise ValueError(
-                f"backbone_config.model_type={model_type!r} is not supported; use one of {sorted(_SUPPORTED_BACKBONES)}"
+                f"backbone_config.model_type={model_type!r} is not supported; "
+                f"use one of {sorted(_SUPPORTED_BACKBONES)}"
             )
         config = _SUPPORTED_BACKBONES[model_type](**value)
     else:
         raise ValueError(f"backbone_config must be a config, a dict or None, got {type(value).__name__}")
     if config.model_type not in _SUPPORTED_BACKBONES:
         raise ValueError(
-            f"backbone_config.model_type={config.model_type!r} is not supported; use one of {sorted(_SUPPORTED_BACKBONES)}"
+            f"backbone_config.model_type={config.model_type!r} is not supported; "
+            f"use one of {sorted(_SUPPORTED_BACKBONES)}"
         )
     return config
 

@@ -30,12 +30,12 @@ from accelerate import PartialState
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_collator import RoadworkAugmentationConfig, RoadworkDataCollator, RoadworkViewAugmenter  # noqa: E402
-from data_collator.synthetic import SyntheticDatasetConfig  # noqa: E402
 from modeling_roadwork import RoadworkImageProcessor  # noqa: E402
-from roadwork_training.arguments import RoadworkArgumentParser, prefixed_arguments, to_config  # noqa: E402
+from roadwork_training.arguments import RoadworkArgumentParser, to_config  # noqa: E402
 from roadwork_training.build import DataArguments, ModelArguments, build_model, load_data  # noqa: E402
 from roadwork_training.cache import train_only_keys  # noqa: E402
 from roadwork_training.feature_cache import FeatureCacheArguments, RoadworkFeatureCache  # noqa: E402
+from roadwork_training.flag_groups import AugmentationArguments, SyntheticArguments  # noqa: E402
 from roadwork_training.head_training import HeadTrainingSettings  # noqa: E402
 from roadwork_training.quality import (  # noqa: E402
     HARD_SPLITS,
@@ -56,8 +56,6 @@ from roadwork_training.quality import (  # noqa: E402
 
 logger = logging.getLogger("roadwork.bench_quality")
 
-SyntheticArguments = prefixed_arguments(SyntheticDatasetConfig, "synthetic_", exclude=("version",))
-AugmentationArguments = prefixed_arguments(RoadworkAugmentationConfig, "augmentation_", include=("strength", "scale"))
 DEFAULT_VARIANTS = ("full", "full_no_linear_path", "global_view_only", PROBE_VIEW, PROBE_224)
 TARGET = 0.1
 

@@ -24,26 +24,22 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from data_collator import RoadworkAugmentationConfig, RoadworkDataCollator, RoadworkViewAugmenter
-from data_collator.gps_weighting import RoadworkGPSWeightingConfig
+from data_collator import RoadworkDataCollator, RoadworkViewAugmenter
 from data_collator.metadata import clean_description
 from data_collator.schema import get_column
-from data_collator.synthetic import SyntheticDatasetConfig
 from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor, RoadworkTextEmbedder
 
-from .arguments import RoadworkArgumentParser, prefixed_arguments, to_config
+from .arguments import RoadworkArgumentParser, to_config
 from .build import DataArguments, ModelArguments, build_model, gps_sample_weights, load_data
 from .cache import train_only_keys
 from .feature_cache import FeatureCacheArguments, RoadworkFeatureCache
+from .flag_groups import AugmentationArguments, GPSConfigArguments, SyntheticArguments
 from .head_training import HeadTrainingSettings, evaluate_conditions, train_head
 from .quality import PROBE_224, PROBE_VIEW, QualityData, fit_probe
 
 
 logger = logging.getLogger("roadwork.ablate")
 
-SyntheticArguments = prefixed_arguments(SyntheticDatasetConfig, "synthetic_", exclude=("version",))
-AugmentationArguments = prefixed_arguments(RoadworkAugmentationConfig, "augmentation_", include=("strength", "scale"))
-GPSConfigArguments = prefixed_arguments(RoadworkGPSWeightingConfig, "gps_", exclude=("seed",))
 REPORTED_CONDITIONS = ("serving", "metadata")
 
 

@@ -31,10 +31,12 @@ from roadwork_training.dora import (
     FOLDS_FILE,
     DoraArguments,
     DoraConfigError,
+    FoldFeatureCache,
     apply_dora,
     build_fold_datasets,
     check_adapter_targets,
     fold_card_metrics,
+    fold_indices,
     fold_model_card,
     fold_rows,
     load_base_model,
@@ -46,6 +48,12 @@ from roadwork_training.dora import (
     train_fold,
 )
 from roadwork_training.dora_report import build_ensembles, write_report
+from roadwork_training.feature_cache import (
+    CachePass,
+    FeatureCacheArguments,
+    cached_serving_dataset,
+    feature_cache_from_training,
+)
 from roadwork_training.flag_groups import AugmentationArguments, SyntheticArguments
 from roadwork_training.metrics import CONDITIONS, PRIMARY_CONDITION, format_metric
 
@@ -59,17 +67,19 @@ class DoraRunArguments:
     data: DataArguments
     synthetic: SyntheticDatasetConfig
     augmentation: RoadworkAugmentationConfig
+    cache: FeatureCacheArguments
     training: TrainingArguments
 
 
 def parse_args(argv: list[str] | None = None) -> DoraRunArguments:
     parser = RoadworkArgumentParser(
-        (DoraArguments, DataArguments, SyntheticArguments, AugmentationArguments, TrainingArguments),
+        (DoraArguments, DataArguments, SyntheticArguments, AugmentationArguments, FeatureCacheArguments,
+         TrainingArguments),
         description=__doc__,
-    )
+    )  # fmt: skip
     try:
-        dora, data, synthetic, augmentation, training = parser.parse(argv)
-        args = DoraRunArguments(dora, data, to_config(synthetic), to_config(augmentation), training)
+        dora, data, synthetic, augmentation, cache, training = parser.parse(argv)
+        args = DoraRunArguments(dora, data, to_config(synthetic), to_config(augmentation), cache, training)
     except ValueError as error:  # DoraConfigError and the library configs' own checks name the field
         raise SystemExit(f"invalid flag value: {error}") from error
     if not args.dora.base_model:
@@ -121,7 +131,21 @@ def main(argv: list[str] | None = None) -> dict:
         text_embedder=text_embedder(config, args.data, [target, holdout]), text_embed_dim=config.text_embed_dim,
         seg_mask_size=config.seg_resolution,
     )  # fmt: skip
-    holdout_dataset = condition_datasets(holdout, image_processor, config, training_args.seed)[PRIMARY_CONDITION]
+    # With --feature_cache the frozen backbone runs here, once per image and pass of the whole target split (and the
+    # holdout's serving pass); every fold then selects its rows from the cached tables. The adapters sit in the head,
+    # so the features hold for every fold. The cached training passes draw their augmentation with the run's seed.
+    cache = feature_cache_from_training(args.cache, base, image_processor, training_args)
+    fold_cache = None
+    if cache is None:
+        holdout_dataset = condition_datasets(holdout, image_processor, config, training_args.seed)[PRIMARY_CONDITION]
+    else:
+        fold_cache = FoldFeatureCache(
+            cache, target, augmentation=RoadworkViewAugmenter(args.augmentation), seed=training_args.seed
+        )
+        holdout_dataset = cached_serving_dataset(
+            cache.extractor.extract(holdout, CachePass.serving(training_args.seed)), image_processor, config,
+            training_args.seed, cache.keep_views,
+        )  # fmt: skip
     logger.info("target split %d rows in %d folds; holdout (%s) %d rows", len(target), len(folds), dora.ensemble_split,
                 len(holdout))  # fmt: skip
 
@@ -129,18 +153,25 @@ def main(argv: list[str] | None = None) -> dict:
     wanted = dora.folds or list(range(dora.num_folds))
     for fold in wanted:
         fold_dir = output_dir / f"fold{fold}"
-        train_rows, validation_rows = fold_rows(target, folds, fold)
-        logger.info("fold %d: %d training rows, %d validation rows", fold, len(train_rows), len(validation_rows))
+        train_indices, validation_indices = fold_indices(target, folds, fold)
+        logger.info("fold %d: %d training rows, %d validation rows", fold, len(train_indices),
+                    len(validation_indices))  # fmt: skip
         set_seed(training_args.seed)
         model = base if base is not None else load_base_model(dora.base_model, dora.base_revision, dora.model_dropout)
         base = None  # a DoRA adapter changes the base's layers in place: every later fold loads a fresh one
         peft_model = apply_dora(model, dora, base_name, revision)
-        train_dataset, eval_datasets = build_fold_datasets(
-            train_rows, validation_rows, image_processor, config,
-            augmentation=RoadworkViewAugmenter(args.augmentation),
-            seed=training_args.seed + fold, metadata_dropout=args.data.metadata_dropout,
-            metadata_field_dropout=args.data.metadata_field_dropout,
-        )  # fmt: skip
+        dropout = dict(
+            metadata_dropout=args.data.metadata_dropout, metadata_field_dropout=args.data.metadata_field_dropout
+        )
+        if fold_cache is None:
+            train_dataset, eval_datasets = build_fold_datasets(
+                *fold_rows(target, folds, fold), image_processor, config,
+                augmentation=RoadworkViewAugmenter(args.augmentation), seed=training_args.seed + fold, **dropout,
+            )  # fmt: skip
+        else:
+            train_dataset, eval_datasets = fold_cache.datasets(
+                train_indices, validation_indices, image_processor, config, seed=training_args.seed + fold, **dropout
+            )
         record = train_fold(
             peft_model, train_dataset=train_dataset, eval_datasets=eval_datasets, holdout_dataset=holdout_dataset,
             collator=collator, image_processor=image_processor, training_args=training_args,

@@ -188,12 +188,16 @@ def prepare_folds(split, path: str | os.PathLike, num_folds: int, seed: int) -> 
     return folds
 
 
+def fold_indices(split, folds: list[list[str]], fold: int) -> tuple[list[int], list[int]]:
+    """(training row indices, validation row indices) of `fold` in `split`, in split order."""
+    held = set(folds[fold])
+    ids = row_ids(split)
+    return [i for i, r in enumerate(ids) if r not in held], [i for i, r in enumerate(ids) if r in held]
+
+
 def fold_rows(split, folds: list[list[str]], fold: int):
     """(training rows, validation rows) of `fold`: `datasets.Dataset` selections in split order."""
-    ids = row_ids(split)
-    held = set(folds[fold])
-    val = [i for i, row_id in enumerate(ids) if row_id in held]
-    train = [i for i, row_id in enumerate(ids) if row_id not in held]
+    train, val = fold_indices(split, folds, fold)
     return split.select(train), split.select(val)
 
 
@@ -392,6 +396,42 @@ def build_fold_datasets(
         metadata_dropout=metadata_dropout, metadata_field_dropout=metadata_field_dropout,
     )  # fmt: skip
     return train_dataset, condition_datasets(validation_rows, image_processor, config, seed)
+
+
+class FoldFeatureCache:
+    """
+    The target split's cached backbone features, extracted once for every fold: the training passes (the
+    augmentation drawn with `seed`), the serving pass and the clean pass. `datasets(train_idx, val_idx, ...)` selects
+    one fold's rows from the cached tables, so the backbone runs once per image and pass, not once per fold. Valid
+    because the adapters sit in the head (`check_adapter_targets` refuses backbone targets).
+    """
+
+    def __init__(self, cache, split, *, augmentation, seed: int):
+        from .feature_cache import CachePass
+
+        self.cache = cache
+        self.train_tables = [cache.extractor.extract(split, p) for p in cache.training_passes(augmentation, seed)]
+        self.serving_table = cache.extractor.extract(split, CachePass.serving(seed))
+        self.clean_table = cache.extractor.extract(split, CachePass.clean())
+
+    def datasets(
+        self, train_indices, validation_indices, image_processor, config, *, seed: int, metadata_dropout: float,
+        metadata_field_dropout: float,
+    ) -> tuple[RoadworkDataset, dict[str, RoadworkDataset]]:  # fmt: skip
+        """`build_fold_datasets` from the cache: the fold's training rows and its validation rows per condition."""
+        from .feature_cache import CachedSplit, RoadworkCachedDataset, cached_condition_datasets
+
+        keep = self.cache.keep_views
+        train_dataset = RoadworkCachedDataset(
+            CachedSplit([t.select(train_indices) for t in self.train_tables], keep), image_processor,
+            vocabularies=config, seed=seed, metadata_dropout=metadata_dropout,
+            metadata_field_dropout=metadata_field_dropout,
+        )  # fmt: skip
+        conditions = cached_condition_datasets(
+            self.serving_table.select(validation_indices), self.clean_table.select(validation_indices),
+            image_processor, config, seed, keep_views=keep,
+        )  # fmt: skip
+        return train_dataset, conditions
 
 
 # --- one fold -------------------------------------------------------------------------------------------------------

@@ -525,16 +525,26 @@ class RoadworkFeatureCache:
         self, split, image_processor, config, seed: int, **dataset_kwargs
     ) -> dict[str, RoadworkDataset]:
         """`roadwork_training.build.condition_datasets` from the cache: `serving` reads the cached serving pass."""
-        serving = CachedSplit([self.extractor.extract(split, CachePass.serving(seed))], self.keep_views)
-        clean = CachedSplit([self.extractor.extract(split, CachePass.clean())], self.keep_views)
-        common = dict(vocabularies=config, augmentation="none", seed=seed, **dataset_kwargs)
-        built = {
-            "serving": RoadworkDataset(serving, image_processor, use_metadata=False, **common),
-            "no_metadata": RoadworkDataset(clean, image_processor, use_metadata=False, scan_metadata_on_init=False,
-                                           **common),
-            "metadata": RoadworkDataset(clean, image_processor, scan_metadata_on_init=False, **common),
-        }  # fmt: skip
-        return {name: built[name] for name in CONDITIONS}
+        return cached_condition_datasets(
+            self.extractor.extract(split, CachePass.serving(seed)), self.extractor.extract(split, CachePass.clean()),
+            image_processor, config, seed, keep_views=self.keep_views, **dataset_kwargs,
+        )  # fmt: skip
+
+
+def cached_condition_datasets(
+    serving_table, clean_table, image_processor, config, seed: int, keep_views: Sequence[int] | None = None,
+    **dataset_kwargs,
+) -> dict[str, RoadworkDataset]:  # fmt: skip
+    """The evaluation conditions over already extracted tables (the serving pass and the clean pass, same rows)."""
+    clean = CachedSplit([clean_table], keep_views)
+    common = dict(vocabularies=config, augmentation="none", seed=seed, **dataset_kwargs)
+    built = {
+        "serving": cached_serving_dataset(serving_table, image_processor, config, seed, keep_views, **dataset_kwargs),
+        "no_metadata": RoadworkDataset(clean, image_processor, use_metadata=False, scan_metadata_on_init=False,
+                                       **common),
+        "metadata": RoadworkDataset(clean, image_processor, scan_metadata_on_init=False, **common),
+    }  # fmt: skip
+    return {name: built[name] for name in CONDITIONS}
 
 
 def feature_cache_from_training(args: FeatureCacheArguments, model, image_processor, training_args):
@@ -550,6 +560,16 @@ def feature_cache_from_training(args: FeatureCacheArguments, model, image_proces
     return RoadworkFeatureCache.from_arguments(
         args, model, image_processor, accelerator=training_args.distributed_state
     )
+
+
+def cached_serving_dataset(
+    serving_table, image_processor, config, seed: int, keep_views: Sequence[int] | None = None, **dataset_kwargs
+) -> RoadworkDataset:
+    """The serving condition (no metadata, the validators' transform, already applied) over a cached serving pass."""
+    return RoadworkDataset(
+        CachedSplit([serving_table], keep_views), image_processor, vocabularies=config, augmentation="none",
+        seed=seed, use_metadata=False, **dataset_kwargs,
+    )  # fmt: skip
 
 
 # --- one backbone pass for many heads -------------------------------------------------------------------------

@@ -406,3 +406,42 @@ def test_fold_adapters_on_the_hub_reproduce_predictions_in_a_fresh_process(
     )
     logits = json.loads(fresh_python(code, hub=hub).stdout.strip().splitlines()[-1])
     assert torch.equal(torch.tensor(logits), torch.tensor(record["validation_serving_logits"]))
+
+
+def test_folds_train_from_the_feature_cache_with_one_backbone_pass_per_image(
+    synthetic_dir, tiny_base_dir, tmp_path, monkeypatch
+):
+    """--feature_cache: the target split is extracted once (training, serving and clean passes) and the holdout's
+    serving pass once; two folds then select their rows from those tables and train without running the backbone."""
+    images = []
+
+    def counting_base(*args, **kwargs):  # every base model finetune_dora loads counts its backbone's images
+        model = load_base_model(*args, **kwargs)
+        original = model.roadwork.extract_view_features
+
+        def counting(pixel_values):
+            images.append(pixel_values.shape[0])
+            return original(pixel_values)
+
+        model.roadwork.extract_view_features = counting
+        return model
+
+    monkeypatch.setattr(finetune_dora, "load_base_model", counting_base)
+    out, cache_dir = tmp_path / "dora", tmp_path / "cache"
+    args = _args(synthetic_dir, tiny_base_dir, out, "--feature_cache", str(cache_dir), "--folds", "0", "1",
+                 "--max_steps", "1", "--eval_steps", "1", "--save_steps", "1")  # fmt: skip
+    result = finetune_dora.main(args)
+
+    passes = sorted(p for p in cache_dir.iterdir() if p.is_dir())
+    assert sorted(p.name.split("-")[0] for p in passes) == ["clean", "serving", "serving", "train0"]
+    rows = [json.loads((p / "info.json").read_text())["rows"] for p in passes]
+    assert sum(images) == sum(rows)  # the backbone saw each image once per pass, for both folds together
+    assert sorted(rows) == sorted([NUM_TEST] * 3 + [len(result["records"][0]["holdout"]["ids"])])
+    folds = json.loads((out / "test_folds.json").read_text())["folds"]
+    records = sorted(result["records"], key=lambda r: r["fold"])
+    assert [r["fold"] for r in records] == [0, 1]
+    for record in records:
+        assert sorted(record["validation_ids"]) == sorted(folds[record["fold"]])
+        assert record["epochs_run"] > 0 and record["movement"]["dora_delta_norm"] > 0
+        for condition in ("serving", "no_metadata", "metadata"):
+            assert f"validation_{condition}_accuracy" in record["metrics"]

@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         holdout_dataset = condition_datasets(holdout, image_processor, config, training_args.seed)[PRIMARY_CONDITION]
     else:
         fold_cache = FoldFeatureCache(
-            cache, target, augmentation=RoadworkViewAugmenter(args.augmentation), seed=training_args.seed
+            cache, target, augmentation=RoadworkViewAugmenter(args.augmentation), seed=training_args.seed,
+            serving_augmentation=args.data.serving_augmentation,
         )
         holdout_dataset = cached_serving_dataset(
             cache.extractor.extract(holdout, CachePass.serving(training_args.seed)), image_processor, config,
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         if fold_cache is None:
             train_dataset, eval_datasets = build_fold_datasets(
                 *fold_rows(target, folds, fold), image_processor, config,
-                augmentation=RoadworkViewAugmenter(args.augmentation), seed=training_args.seed + fold, **dropout,
+                augmentation=RoadworkViewAugmenter(args.augmentation), seed=training_args.seed + fold,
+                serving_augmentation=args.data.serving_augmentation, **dropout,
             )  # fmt: skip
         else:
             train_dataset, eval_datasets = fold_cache.datasets(

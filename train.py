@@ -24,6 +24,7 @@ from data_collator import (
     RoadworkAugmentationConfig,
     RoadworkDataCollator,
     RoadworkDataset,
+    RoadworkValidatorTransform,
     RoadworkViewAugmenter,
 )
 from data_collator.gps_weighting import RoadworkGPSWeightingConfig
@@ -148,14 +149,16 @@ def main(argv: list[str] | None = None) -> dict:
         metadata_dropout=args.data.metadata_dropout, metadata_field_dropout=args.data.metadata_field_dropout
     )
     if cache is None:
+        challenge = args.data.serving_augmentation
         train_dataset = RoadworkDataset(
             splits["train"], image_processor, vocabularies=config,
-            augmentation=RoadworkViewAugmenter(args.augmentation), seed=training_args.seed, **dropout,
+            augmentation=RoadworkViewAugmenter(args.augmentation), seed=training_args.seed,
+            image_transform=RoadworkValidatorTransform(probability=challenge) if challenge else None, **dropout,
         )  # fmt: skip
     else:
         train_dataset = cache.train_dataset(
             splits["train"], image_processor, config, RoadworkViewAugmenter(args.augmentation), training_args.seed,
-            **dropout,
+            serving_augmentation=args.data.serving_augmentation, **dropout,
         )  # fmt: skip
     embedder = None
     if args.data.use_text_embeddings and config.use_metadata and config.use_text:

@@ -72,6 +72,8 @@ SEARCH_SPACE = {
     "epochs": {"8": {"num_train_epochs": 8}, "16": {"num_train_epochs": 16}},
     "early_stopping": {"on": {"early_stopping": True}},
     "augmentation": {"none": {"augmentation_strength": "none"}, "heavy": {"augmentation_strength": "heavy"}},
+    "serving_augmentation": {"0.0": {"serving_augmentation": 0.0}, "0.5": {"serving_augmentation": 0.5},
+                             "1.0": {"serving_augmentation": 1.0}},
 }  # fmt: skip
 SETTINGS_FIELDS = {f.name for f in dataclasses.fields(HeadTrainingSettings)}
 
@@ -150,12 +152,14 @@ def recipe_from(
     settings = HeadTrainingSettings(**{k: getattr(args, k) for k in SETTINGS_FIELDS if hasattr(args, k)})
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if k in SETTINGS_FIELDS})
     strength = changes.pop("augmentation_strength", augmentation.strength)
+    serving_augmentation = changes.pop("serving_augmentation", data_args.serving_augmentation)
     augmenter = RoadworkViewAugmenter(dataclasses.replace(augmentation, strength=strength))
     overrides = {k: v for k, v in changes.items() if k not in SETTINGS_FIELDS and k != "early_stopping"}
     return HeadRecipe(
         model_overrides=overrides, settings=settings, augmenter=augmenter if augmenter.enabled else None,
         early_stopping=changes.get("early_stopping", args.early_stopping),
         metadata_dropout=data_args.metadata_dropout, metadata_field_dropout=data_args.metadata_field_dropout,
+        serving_augmentation=serving_augmentation,
     )  # fmt: skip
 
 

@@ -370,6 +370,10 @@ class RoadworkValidatorTransform:
         flip_p (`float`, *optional*, defaults to 0.5): probability of each of the horizontal and vertical flips.
         jpeg_quality (`int | None`, *optional*, defaults to 75): quality of the final JPEG round trip (PIL's
             default, which the validator uses); `None` skips it.
+        probability (`float`, *optional*, defaults to 1.0): chance that an image becomes a challenge at all; the
+            others pass through unchanged (as RGB). Below 1 it is a training augmentation that mixes challenges with
+            whole images (`--serving_augmentation`); at 1 no extra random draw is made, so the seeded serving
+            challenges are the same as without the field. ``last_params["applied"]`` says which happened.
 
     Example:
 
@@ -387,6 +391,7 @@ class RoadworkValidatorTransform:
     crop_scale: tuple[float, float] = (0.2, 1.0)
     flip_p: float = 0.5
     jpeg_quality: int | None = 75
+    probability: float = 1.0
     last_params: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -398,6 +403,8 @@ class RoadworkValidatorTransform:
             raise ValueError(f"target_size must be positive, got {self.target_size}")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {self.probability}")
 
     def __call__(self, image: Image.Image, seed: int | None = None, level: int | None = None) -> Image.Image:
         """Returns a ``target_size`` x ``target_size`` RGB image; the draw is kept in ``self.last_params``.
@@ -408,12 +415,15 @@ class RoadworkValidatorTransform:
             level (`int`, *optional*): force a level 0..3 instead of drawing one.
         """
         rng = np.random.default_rng(seed)
+        if self.probability < 1.0 and level is None and rng.random() >= self.probability:
+            self.last_params = {"applied": False}
+            return image.convert("RGB")
         if level is None:
             level = int(rng.choice(4, p=np.asarray(self.level_probs, dtype=np.float64)))
         if level not in _LEVEL_DISTORTIONS:
             raise ValueError(f"level must be 0..3, got {level}")
         image = image.convert("RGB")
-        params: dict[str, Any] = {"level": level}
+        params: dict[str, Any] = {"applied": True, "level": level}
         size = (self.target_size, self.target_size)
         if level == 0:
             width, height = image.size

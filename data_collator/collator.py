@@ -153,7 +153,7 @@ class RoadworkDataset(torch.utils.data.Dataset):
     undecodable image, ``{"corrupt": True, "id": ..., "labels": ...}``.
 
     Masks follow view 0 (the whole image) through its augmentation. A whole-image transform crops and
-    rotates the image, so with one the masks are dropped (``seg_masks`` None).
+    rotates the image, so an example it changed has no masks (``seg_masks`` None).
     """
 
     def __init__(
@@ -248,11 +248,11 @@ class RoadworkDataset(torch.utils.data.Dataset):
             example["view_features"] = torch.as_tensor(np.asarray(row[VIEW_FEATURES_COLUMN]), dtype=torch.float32)
         else:
             try:
-                image = self._prepare_image(row.get(IMAGE_COLUMN), index, draw)
+                image, transformed = self._prepare_image(row.get(IMAGE_COLUMN), index, draw)
                 views = self.image_processor.extract_views(image)  # (V, S, S, 3) uint8
             except Exception as error:  # noqa: BLE001 - any undecodable image must not end a long run
                 return self._corrupt(example, index, error)
-            masks = self._masks(row)
+            masks = None if transformed else self._masks(row)
             if self.augmenter is not None and self.augmenter.enabled:
                 seed = example_seed(self.seed, self.epoch, index, SEED_STREAM_VIEWS, draw)
                 if masks is not None:
@@ -286,19 +286,27 @@ class RoadworkDataset(torch.utils.data.Dataset):
         dropped = [name for name in METADATA_FIELDS if rng.random() < self.metadata_field_dropout]
         return drop_metadata_fields(encoded, dropped)
 
-    def _prepare_image(self, cell: Any, index: int, draw: int = 0) -> Any:
-        """What the processor cuts views from: the raw cell, or the decoded image after the whole-image transform."""
+    def _prepare_image(self, cell: Any, index: int, draw: int = 0) -> tuple[Any, bool]:
+        """
+        -> (what the processor cuts views from, whether the whole-image transform changed its geometry): the raw
+        cell, or the decoded image after the transform. A transform that draws whether to act (the validator
+        transform with `probability` < 1) reports it in `last_params["applied"]`; the masks survive only when not.
+        """
         if cell is None:
             raise ValueError("the row has no image")
+        raw = dict(cell) if isinstance(cell, Mapping) else cell
         if self.image_transform is None:
-            return dict(cell) if isinstance(cell, Mapping) else cell
-        image = self.image_processor.load_image(dict(cell) if isinstance(cell, Mapping) else cell)
-        return self.image_transform(
-            image, seed=example_seed(self.seed, self.epoch, index, SEED_STREAM_TRANSFORM, draw)
+            return raw, False
+        image = self.image_transform(
+            self.image_processor.load_image(raw),
+            seed=example_seed(self.seed, self.epoch, index, SEED_STREAM_TRANSFORM, draw),
         )
+        if not getattr(self.image_transform, "last_params", {}).get("applied", True):
+            return raw, False  # left whole: exactly the untransformed example (the processor's own decode)
+        return image, True
 
     def _masks(self, row: Mapping[str, Any]) -> np.ndarray | None:
-        if not self.with_seg_masks or self.image_transform is not None:
+        if not self.with_seg_masks:
             return None
         try:
             return decode_seg_masks(row.get(SEG_MASKS_COLUMN), self.num_seg_classes)

@@ -259,8 +259,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not ablation.metadata_dropout:
             dropout = dict(metadata_dropout=0.0, metadata_field_dropout=0.0)
         train_dataset = view_cache.train_dataset(
-            splits["train"], processor, base.config, augmenter, args.seed, **dropout
-        )
+            splits["train"], processor, base.config, augmenter, args.seed,
+            serving_augmentation=data_args.serving_augmentation, **dropout,
+        )  # fmt: skip
         conditions = view_cache.condition_datasets(target, processor, base.config, args.seed)
         conditions = {c: conditions[c] for c in REPORTED_CONDITIONS}
         for offset in range(args.seeds):

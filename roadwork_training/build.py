@@ -132,6 +132,22 @@ class DataArguments:
         default=0.2,
         metadata={"help": "Training only: probability that each remaining metadata field is dropped on its own."},
     )
+
+    def __post_init__(self):
+        if not 0.0 <= self.serving_augmentation <= 1.0:
+            raise ValueError(
+                f"--serving_augmentation is a share of the training draws and must be in [0, 1], "
+                f"got {self.serving_augmentation}"
+            )
+    serving_augmentation: float = field(
+        default=0.0,
+        metadata={
+            "help": "Training only: share of training draws that first become a validator challenge (the serving "
+            "transform: a random square crop to 224 px, rotation, flips, distortions, JPEG) before the views are "
+            "cut, so the head learns the images serving sends; the rest keep the whole image. 0: off. See README, "
+            "Training."
+        },
+    )
     use_text_embeddings: bool = field(
         default=True,
         metadata={"help": "Embed scene descriptions with the frozen text encoder (each distinct text once)."},

@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
 
     # Stage 3: every pass train.py --feature_cache reads.
     augmenter = RoadworkViewAugmenter(augmentation)
-    train_passes = {CachePass.training(k, augmenter, run.seed).name: CachePass.training(k, augmenter, run.seed)
-                    for k in range(cache_args.feature_cache_passes)}  # fmt: skip
-    for cache_pass in train_passes.values():
+    share = data_args.serving_augmentation
+    train_passes = [CachePass.training(k, augmenter, run.seed, share) for k in range(cache_args.feature_cache_passes)]
+    for cache_pass in {p.name: p for p in train_passes}.values():
         extractor.extract(splits["train"], cache_pass)
     for name, split in splits.items():
         if name != "train":

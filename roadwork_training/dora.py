@@ -383,17 +383,21 @@ def adapter_movement(peft_model, initial: Mapping[str, torch.Tensor]) -> dict[st
 
 def build_fold_datasets(
     train_rows, validation_rows, image_processor, config, *, augmentation, seed: int, metadata_dropout: float,
-    metadata_field_dropout: float,
+    metadata_field_dropout: float, serving_augmentation: float = 0.0,
 ) -> tuple[RoadworkDataset, dict[str, RoadworkDataset]]:  # fmt: skip
     """
-    The fold's training dataset (augmented, metadata dropout) and its validation rows under every condition
-    (`condition_datasets`). Rows that carry `view_features` (a feature cache) skip the backbone and the pixels.
+    The fold's training dataset (augmented, metadata dropout, a share `serving_augmentation` of validator
+    challenges) and its validation rows under every condition (`condition_datasets`). Rows that carry
+    `view_features` (a feature cache) skip the backbone and the pixels.
     """
+    from data_collator import RoadworkValidatorTransform
+
     from .build import condition_datasets
 
     train_dataset = RoadworkDataset(
         train_rows, image_processor, vocabularies=config, augmentation=augmentation, seed=seed,
         metadata_dropout=metadata_dropout, metadata_field_dropout=metadata_field_dropout,
+        image_transform=RoadworkValidatorTransform(probability=serving_augmentation) if serving_augmentation else None,
     )  # fmt: skip
     return train_dataset, condition_datasets(validation_rows, image_processor, config, seed)
 
@@ -406,11 +410,12 @@ class FoldFeatureCache:
     because the adapters sit in the head (`check_adapter_targets` refuses backbone targets).
     """
 
-    def __init__(self, cache, split, *, augmentation, seed: int):
+    def __init__(self, cache, split, *, augmentation, seed: int, serving_augmentation: float = 0.0):
         from .feature_cache import CachePass
 
         self.cache = cache
-        self.train_tables = [cache.extractor.extract(split, p) for p in cache.training_passes(augmentation, seed)]
+        passes = cache.training_passes(augmentation, seed, serving_augmentation)
+        self.train_tables = [cache.extractor.extract(split, p) for p in passes]
         self.serving_table = cache.extractor.extract(split, CachePass.serving(seed))
         self.clean_table = cache.extractor.extract(split, CachePass.clean())
 

@@ -39,7 +39,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data_collator import RoadworkAugmentationConfig, RoadworkDataset, RoadworkViewAugmenter
+from data_collator import (
+    RoadworkAugmentationConfig,
+    RoadworkDataset,
+    RoadworkValidatorTransform,
+    RoadworkViewAugmenter,
+)
 from data_collator.collator import VIEW_FEATURES_COLUMN
 from data_collator.schema import ID_COLUMN, IMAGE_COLUMN, LABEL_COLUMN, SEG_MASKS_COLUMN, get_column
 
@@ -138,8 +143,8 @@ def rows_fingerprint(split) -> str:
 class CachePass:
     """
     One deterministic run of the backbone over a split. `augmentation` is the augmenter's settings (None: no view
-    augmentation); `image_transform` is "validator" or None; `seed` and `epoch` seed the draws exactly as
-    `RoadworkDataset(seed=seed)` after `set_epoch(epoch)` does.
+    augmentation); `image_transform` is "validator" or None, applied to a share `transform_probability` of the rows
+    (1: all); `seed` and `epoch` seed the draws exactly as `RoadworkDataset(seed=seed)` after `set_epoch(epoch)` does.
     """
 
     name: str
@@ -147,13 +152,23 @@ class CachePass:
     image_transform: str | None = None
     seed: int | None = None
     epoch: int = 0
+    transform_probability: float = 1.0
 
     @classmethod
-    def training(cls, index: int, augmenter: RoadworkViewAugmenter | None, seed: int) -> CachePass:
-        """Pass `index` of the train split: the augmentation live training draws in epoch `index`."""
-        if augmenter is None or not augmenter.enabled:
+    def training(
+        cls, index: int, augmenter: RoadworkViewAugmenter | None, seed: int, serving_augmentation: float = 0.0
+    ) -> CachePass:
+        """
+        Pass `index` of the train split: the augmentation live training draws in epoch `index` (view augmentation,
+        and the validators' challenge transform on a share `serving_augmentation` of the rows).
+        """
+        views = augmenter is not None and augmenter.enabled
+        if not views and not serving_augmentation:
             return cls.clean()
-        return cls(f"train{index}", dataclasses.asdict(augmenter.config), None, int(seed), int(index))
+        augmentation = dataclasses.asdict(augmenter.config) if views else None
+        if not serving_augmentation:
+            return cls(f"train{index}", augmentation, None, int(seed), int(index))
+        return cls(f"train{index}", augmentation, "validator", int(seed), int(index), float(serving_augmentation))
 
     @classmethod
     def clean(cls) -> CachePass:
@@ -168,8 +183,11 @@ class CachePass:
     def dataset(self, split, image_processor) -> RoadworkDataset:
         """The live dataset whose pixels this pass stores (metadata is not read)."""
         augmenter = RoadworkViewAugmenter(self.augmentation_config()) if self.augmentation else "none"
+        transform = self.image_transform
+        if transform == "validator":
+            transform = RoadworkValidatorTransform(probability=self.transform_probability)
         dataset = RoadworkDataset(
-            split, image_processor, augmentation=augmenter, image_transform=self.image_transform, seed=self.seed,
+            split, image_processor, augmentation=augmenter, image_transform=transform, seed=self.seed,
             with_seg_masks=False, scan_metadata_on_init=False, use_metadata=False,
         )  # fmt: skip
         dataset.set_epoch(self.epoch)
@@ -504,19 +522,25 @@ class RoadworkFeatureCache:
         )  # fmt: skip
         return cls(extractor, args.feature_cache_passes, **kwargs)
 
-    def training_passes(self, augmenter: RoadworkViewAugmenter | None, seed: int) -> list[CachePass]:
-        passes = list(
-            {p.name: p for p in (CachePass.training(k, augmenter, seed) for k in range(self.num_passes))}.values()
-        )
+    def training_passes(
+        self, augmenter: RoadworkViewAugmenter | None, seed: int, serving_augmentation: float = 0.0
+    ) -> list[CachePass]:
+        passes = (CachePass.training(k, augmenter, seed, serving_augmentation) for k in range(self.num_passes))
+        passes = list({p.name: p for p in passes}.values())
         if len(passes) < self.num_passes:
             logger.info("feature cache: no training augmentation, so one clean pass instead of %d", self.num_passes)
         return passes
 
     def train_dataset(
-        self, split, image_processor, config, augmenter: RoadworkViewAugmenter | None, seed: int, **dataset_kwargs
-    ) -> RoadworkCachedDataset:
-        """The train split from its K cached passes (metadata dropout etc. as `RoadworkDataset` kwargs)."""
-        tables = [self.extractor.extract(split, p) for p in self.training_passes(augmenter, seed)]
+        self, split, image_processor, config, augmenter: RoadworkViewAugmenter | None, seed: int,
+        serving_augmentation: float = 0.0, **dataset_kwargs,
+    ) -> RoadworkCachedDataset:  # fmt: skip
+        """
+        The train split from its K cached passes (`serving_augmentation`: the share of rows each pass turns into
+        validator challenges; metadata dropout etc. as `RoadworkDataset` kwargs).
+        """
+        passes = self.training_passes(augmenter, seed, serving_augmentation)
+        tables = [self.extractor.extract(split, p) for p in passes]
         return RoadworkCachedDataset(
             CachedSplit(tables, self.keep_views), image_processor, vocabularies=config, seed=seed, **dataset_kwargs
         )

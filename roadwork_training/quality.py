@@ -104,11 +104,12 @@ class QualityData:
         self._serving: dict[str, object] = {}
         self._probe_224: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
 
-    def train_tables(self, augmenter: RoadworkViewAugmenter | None) -> list:
+    def train_tables(self, augmenter: RoadworkViewAugmenter | None, serving_augmentation: float = 0.0) -> list:
         """The cached augmentation passes of the train split (one clean pass without augmentation)."""
-        key = json.dumps(augmenter.config.__dict__ if augmenter is not None else None, sort_keys=True, default=str)
+        key = json.dumps([augmenter.config.__dict__ if augmenter is not None else None, serving_augmentation],
+                         sort_keys=True, default=str)  # fmt: skip
         if key not in self._train_tables:
-            passes = self.cache.training_passes(augmenter, self.seed)
+            passes = self.cache.training_passes(augmenter, self.seed, serving_augmentation)
             self._train_tables[key] = [self.cache.extractor.extract(self.splits["train"], p) for p in passes]
         return self._train_tables[key]
 
@@ -198,6 +199,7 @@ class HeadRecipe:
     early_stopping: bool = False  # select the best epoch on validation serving MCC (patience in settings)
     metadata_dropout: float = 0.5
     metadata_field_dropout: float = 0.2
+    serving_augmentation: float = 0.0  # share of training draws turned into validator challenges
 
 
 def build_head(base_config, overrides: Mapping, seed: int) -> RoadworkForImageClassification:
@@ -221,7 +223,7 @@ def train_model_variant(
     """Trains `chosen` on the cached train `rows` with `recipe` -> serving MCC per evaluated split."""
     overrides = {**recipe.model_overrides, **dict(chosen.overrides)}
     model = build_head(base_config, overrides, seed).to(device)
-    tables = [t.select(rows) for t in data.train_tables(recipe.augmenter)]
+    tables = [t.select(rows) for t in data.train_tables(recipe.augmenter, recipe.serving_augmentation)]
     train_dataset = RoadworkCachedDataset(
         CachedSplit(tables, chosen.keep_views), data.processor, vocabularies=model.config, seed=seed,
         metadata_dropout=recipe.metadata_dropout, metadata_field_dropout=recipe.metadata_field_dropout,

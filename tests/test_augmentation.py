@@ -200,3 +200,27 @@ def test_config_round_trips_through_a_dict():
     config = RoadworkAugmentationConfig(strength="light", rain_p=0.1)
     assert RoadworkAugmentationConfig(**config.to_dict()) == config
     assert dataclasses.asdict(config)["strength"] == "light"
+
+
+def test_validator_transform_probability_mixes_challenges_with_whole_images():
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    # probability 1 makes no extra draw: the seeded serving challenges are unchanged by the field.
+    np.testing.assert_array_equal(
+        np.asarray(RoadworkValidatorTransform(probability=1.0)(image, seed=5)),
+        np.asarray(RoadworkValidatorTransform()(image, seed=5)),
+    )
+    never = RoadworkValidatorTransform(probability=0.0)
+    out = never(image, seed=5)
+    assert out.size == image.size and never.last_params == {"applied": False}
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(image))
+    half = RoadworkValidatorTransform(probability=0.5)
+    applied = []
+    for seed in range(200):
+        out = half(image, seed=seed)
+        applied.append(half.last_params["applied"])
+        assert out.size == ((224, 224) if applied[-1] else image.size)
+    assert 70 < sum(applied) < 130
+    first = np.asarray(half(image, seed=3))
+    np.testing.assert_array_equal(first, np.asarray(half(image, seed=3)))  # seeded: the same draw again
+    with pytest.raises(ValueError, match="probability"):
+        RoadworkValidatorTransform(probability=1.5)

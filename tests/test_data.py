@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data_collator.augmentation import RoadworkValidatorTransform
 from data_collator.collator import FORWARD_KEYS, RoadworkDataCollator, RoadworkDataset
 from data_collator.schema import (
     build_vocabularies,
@@ -223,6 +224,26 @@ def test_validator_image_transform_feeds_the_processor(rows, processor):
     assert example["seg_masks"] is None  # a cropped / rotated image no longer matches the masks
     with pytest.raises(ValueError, match="image_transform"):
         RoadworkDataset(rows, processor, VOCABS, augmentation="validator")
+
+
+def test_partial_validator_transform_keeps_masks_only_where_it_did_not_act(rows, processor):
+    """--serving_augmentation below 1: rows left whole keep their masks; challenges (cropped, rotated) lose them."""
+    with_masks = [r for r in rows if r["seg_masks"] is not None][:6]
+    transform = RoadworkValidatorTransform(probability=0.5)
+    dataset = RoadworkDataset(with_masks, processor, VOCABS, image_transform=transform, seed=1)
+    outcomes = []
+    for i in range(len(with_masks)):
+        for epoch in range(3):
+            dataset.set_epoch(epoch)
+            example = dataset[i]
+            applied = transform.last_params["applied"]
+            outcomes.append(applied)
+            assert (example["seg_masks"] is None) == applied
+            if not applied:  # untouched: exactly the plain training example
+                plain = RoadworkDataset(with_masks, processor, VOCABS, seed=1)
+                plain.set_epoch(epoch)
+                assert torch.equal(example["pixel_values"], plain[i]["pixel_values"])
+    assert any(outcomes) and not all(outcomes)
 
 
 def test_corrupt_images_are_flagged_counted_logged_once_and_dropped(rows, processor, caplog):

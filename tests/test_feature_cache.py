@@ -246,3 +246,36 @@ def test_heads_on_another_backbone_are_refused(train_split):
     wider = _model(train_split, seed=0, view_size=48)
     with pytest.raises(ValueError, match="head 0 has view_size=48"):
         RoadworkSharedBackbone(reference, [wider])
+
+
+def test_serving_augmentation_passes_hold_live_trainings_challenges(train_split, model, processor, tmp_path):
+    """--serving_augmentation: each pass turns a seeded share of the rows into validator challenges, as live."""
+    cache = RoadworkFeatureCache(RoadworkFeatureExtractor(model, processor, tmp_path, progress=False), num_passes=2)
+    passes = cache.training_passes(None, SEED, serving_augmentation=0.5)
+    assert [p.name for p in passes] == ["train0", "train1"]
+    assert all(p.image_transform == "validator" and p.transform_probability == 0.5 for p in passes)
+    assert cache.training_passes(None, SEED) == [CachePass.clean()]  # no augmentation at all: one clean pass
+    plain_key = cache.extractor.pass_dir(train_split, CachePass.training(0, RoadworkViewAugmenter("light"), SEED))[0]
+    mixed_key = cache.extractor.pass_dir(
+        train_split, CachePass.training(0, RoadworkViewAugmenter("light"), SEED, serving_augmentation=0.5)
+    )[0]
+    assert plain_key != mixed_key
+
+    dataset = cache.train_dataset(train_split, processor, model.config, None, SEED, serving_augmentation=0.5)
+    dataset.set_epoch(1)
+    cached = torch.stack([dataset[i]["view_features"] for i in range(len(train_split))])
+    live = passes[1].dataset(train_split, processor)
+    applied = []
+    pixels = []
+    for i in range(len(train_split)):
+        pixels.append(live[i]["pixel_values"])
+        applied.append(live.image_transform.last_params["applied"])
+    assert 0 < sum(applied) < len(applied), "a 0.5 share over 10 rows should transform some rows and keep others"
+    with torch.no_grad():
+        expected = model.roadwork.extract_view_features(torch.stack(pixels))
+    torch.testing.assert_close(cached, expected, atol=2e-3, rtol=2e-3)
+    clean = cache.extractor.extract(train_split, CachePass.clean()).with_format("torch")["view_features"]
+    kept = [i for i, a in enumerate(applied) if not a]
+    changed = [i for i, a in enumerate(applied) if a]
+    torch.testing.assert_close(cached[kept], clean[kept].float(), atol=2e-3, rtol=2e-3)
+    assert (cached[changed] - clean[changed].float()).abs().amax(dim=(1, 2)).min() > 1e-2

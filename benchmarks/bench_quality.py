@@ -176,7 +176,8 @@ def run_variants(data, base_config, recipe, rows, args, names, collator, device,
                 )
             else:
                 mcc = fit_probe(
-                    data, chosen.kind, rows, seed, args.eval_splits, data.cache.extractor.cache_dir, args.probe_c
+                    data, chosen.kind, rows, seed, args.eval_splits, data.cache.extractor.cache_dir, args.probe_c,
+                    serving_augmentation=recipe.serving_augmentation, augmenter=recipe.augmenter,
                 )
             runs.append({"variant": label or name, "seed": seed, "mcc": mcc, "seconds": time.perf_counter() - started})
             logger.info("%s seed %d: %s (%.1f s)", label or name, seed,

@@ -58,6 +58,15 @@ class BenchArguments:
     train_split: str = field(default="train", metadata={"help": "Split the probe is fitted on."})
     split: str = field(default="test", metadata={"help": "Split evaluated."})
     max_samples: int | None = field(default=None, metadata={"help": "Seeded stratified subset of each split."})
+    probe_serving_augmentation: float | None = field(
+        default=None,
+        metadata={"help": "Share of validator challenges in the probe's training passes, as the model's "
+                  "--serving_augmentation (default: the --config's value, so both train on the same images)."},
+    )  # fmt: skip
+    probe_passes: int | None = field(
+        default=None, metadata={"help": "Training passes of the probe with challenges (default: the --config's "
+                                "--feature_cache_passes)."},
+    )  # fmt: skip
     seed: int = field(default=42, metadata={"help": "Seed of the serving challenges and of the probe."})
     probe_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the probe's logistic regression."})
     batch_size: int = field(default=16, metadata={"help": "Evaluation batch size."})
@@ -81,8 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     eval_split = stratified_subset(splits[args.split], args.max_samples, args.seed)
 
     model_metrics = evaluate_split_conditions(model, eval_split, seed=args.seed, batch_size=args.batch_size)
+    trained = _train_config(args.config, train_args)
+    share = args.probe_serving_augmentation
+    share = trained.data.serving_augmentation if share is None else share
+    passes = args.probe_passes or trained.cache.feature_cache_passes
     probe_metrics = linear_probe_baseline(model, train_split, eval_split, seed=args.seed, c=args.probe_c,
-                                          batch_size=args.batch_size)  # fmt: skip
+                                          batch_size=args.batch_size, serving_augmentation=share,
+                                          num_passes=passes)  # fmt: skip
     print(f"{checkpoint} on {source} [{args.split}: {len(eval_split)} rows, {label_balance(eval_split)}]")
     print(f"{'':>24} " + " ".join(f"{c:>12}" for c in CONDITIONS))
     for name, metrics in (("multi-view model MCC", model_metrics), ("single-view probe MCC", probe_metrics)):
@@ -96,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model_serving_reward": model_metrics.get("serving_streetvision_reward"),
         "probe_serving_reward": probe_metrics.get("serving_streetvision_reward"),
         "rows": len(eval_split),
+        "probe_serving_augmentation": share,
         "checkpoint": str(checkpoint),
         "dataset": source,
         "seconds": round(time.time() - started, 1),
@@ -104,11 +119,16 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _synthetic_config(config: str, train_args: list[str]) -> SyntheticDatasetConfig:
-    """The synthetic dataset the train.py config (and extra flags) describes."""
+def _train_config(config: str, train_args: list[str]):
+    """train.py's parsed arguments for the config (and extra flags)."""
     import train
 
-    return train.parse_args(["--config", config, *train_args]).synthetic
+    return train.parse_args(["--config", config, *train_args])
+
+
+def _synthetic_config(config: str, train_args: list[str]) -> SyntheticDatasetConfig:
+    """The synthetic dataset the train.py config (and extra flags) describes."""
+    return _train_config(config, train_args).synthetic
 
 
 if __name__ == "__main__":

@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 started_probe = time.perf_counter()
                 mcc = fit_probe(quality_data, ablation.kind, range(len(splits["train"])), seed,
                                 ["test", *data_args.extra_eval_splits], cache.extractor.cache_dir,
-                                clean_splits=["test"])
+                                clean_splits=["test"], serving_augmentation=data_args.serving_augmentation,
+                                augmenter=augmenter)  # fmt: skip
                 run = {"ablation": ablation.name, "description": ablation.description, "seed": seed,
                        "train_seconds": time.perf_counter() - started_probe, "serving_mcc": mcc["test"],
                        "metadata_mcc": mcc["test/clean"]}  # fmt: skip

@@ -97,21 +97,29 @@ def single_view_features(
     serving: bool,
     batch_size: int = 16,
     num_workers: int = 0,
+    cache_pass=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     The backbone's pooled feature of view 0 (the whole image, squashed to 224x224 with the backbone's own
     normalisation) of every row -> (N, D) features and (N,) labels. `serving=True` first applies the validators'
-    challenge transform, seeded exactly as the model's `serving` condition is.
+    challenge transform, seeded exactly as the model's `serving` condition is. A `cache_pass`
+    ([`~roadwork_training.feature_cache.CachePass`]) instead draws that pass's pixels (its augmentation, challenge
+    share, seed and epoch), so a probe can train on the images a model trained on.
     """
     processor = RoadworkImageProcessor.from_model_config(model.config, view_size=PROBE_VIEW_SIZE)
-    dataset = RoadworkDataset(
-        split, processor, vocabularies=model.config, seed=seed, use_metadata=False, scan_metadata_on_init=False,
-        image_transform="validator" if serving else None, with_seg_masks=False,
-    )  # fmt: skip
+    if cache_pass is not None:
+        dataset = cache_pass.dataset(split, processor)
+    else:
+        dataset = RoadworkDataset(
+            split, processor, vocabularies=model.config, seed=seed, use_metadata=False, scan_metadata_on_init=False,
+            image_transform="validator" if serving else None, with_seg_masks=False,
+        )  # fmt: skip
     collator = RoadworkDataCollator(include_text_embeds=False)
     device = next(model.parameters()).device
     features, labels = [], []
     description = "probe features (serving)" if serving else "probe features"
+    if cache_pass is not None:
+        description = f"probe features ({cache_pass.name})"
     for batch in tqdm(_loader(dataset, collator, batch_size, num_workers), desc=description, leave=False):
         global_view = batch["pixel_values"][:, 0].to(device)  # (B, V, 3, S, S) -> view 0: (B, 3, S, S)
         features.append(model.roadwork.embed_images(global_view).cpu().numpy())
@@ -144,13 +152,24 @@ class LinearProbe:
 
 
 def linear_probe_baseline(
-    model: RoadworkForImageClassification, train_split, eval_split, *, seed: int, c: float = 1.0, batch_size: int = 16
-) -> dict[str, float]:
+    model: RoadworkForImageClassification, train_split, eval_split, *, seed: int, c: float = 1.0, batch_size: int = 16,
+    serving_augmentation: float = 0.0, num_passes: int = 1,
+) -> dict[str, float]:  # fmt: skip
     """
-    Fits the probe on `train_split` (full images) and scores `eval_split` -> `{condition}_{metric}` for `serving`
-    and `no_metadata` (the probe reads no metadata, so `metadata` equals `no_metadata` and is reported as such).
+    Fits the probe on `train_split` (full images; with `serving_augmentation` > 0 also on `num_passes` training
+    passes that turn that share of the rows into validator challenges, the model's `--serving_augmentation`) and
+    scores `eval_split` -> `{condition}_{metric}` for `serving` and `no_metadata` (the probe reads no metadata, so
+    `metadata` equals `no_metadata` and is reported as such).
     """
+    from .feature_cache import CachePass
+
     features, labels = single_view_features(model, train_split, seed=seed, serving=False, batch_size=batch_size)
+    if serving_augmentation:
+        passes = [CachePass.training(k, None, seed, serving_augmentation) for k in range(num_passes)]
+        drawn = [single_view_features(model, train_split, seed=seed, serving=False, batch_size=batch_size,
+                                      cache_pass=p) for p in passes]  # fmt: skip
+        features = np.concatenate([features, *(f for f, _ in drawn)])
+        labels = np.concatenate([labels, *(y for _, y in drawn)])
     probe = LinearProbe.fit(features, labels, c=c, seed=seed)
     metrics = {}
     for condition, serving in (("serving", True), ("no_metadata", False)):

@@ -14,7 +14,8 @@ split and on the synthetic hard splits (`test_small`: roadwork under 1 % of the 
 - `probe_224`: the same probe on the whole image resized to 224x224 (`evaluation.single_view_features`), the
   resolution an ImageNet backbone was trained at; extracted once per split and kept beside the cache.
 
-The probes train on the clean (unaugmented) training images, as `evaluation.linear_probe_baseline` does; the
+The probes train on the clean (unaugmented) training images, as `evaluation.linear_probe_baseline` does, and, with
+`--serving_augmentation`, also on the same share of validator challenges the models train on (same seeds); the
 models on the cached augmentation passes, as train.py trains them. Heads train with `train_head` on the cache.
 """
 
@@ -102,7 +103,7 @@ class QualityData:
         self.cache, self.splits, self.model, self.processor, self.seed = cache, splits, model, processor, seed
         self._train_tables: dict[str, list] = {}
         self._serving: dict[str, object] = {}
-        self._probe_224: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._probe_224: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def train_tables(self, augmenter: RoadworkViewAugmenter | None, serving_augmentation: float = 0.0) -> list:
         """The cached augmentation passes of the train split (one clean pass without augmentation)."""
@@ -129,26 +130,34 @@ class QualityData:
                                vocabularies=config, augmentation="none", seed=self.seed,
                                use_metadata=False)  # fmt: skip
 
-    def probe_224_features(self, split_name: str, serving: bool, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-        """(N, D) features of the whole image at 224 px and (N,) labels, stored as .npz beside the feature cache."""
-        if (split_name, serving) in self._probe_224:
-            return self._probe_224[(split_name, serving)]
+    def probe_224_features(self, split_name: str, serving: bool, cache_dir: Path,
+                           cache_pass: CachePass | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """
+        (N, D) features of the whole image at 224 px and (N,) labels, stored as .npz beside the feature cache: the
+        clean image, the serving challenge (`serving`), or the pixels of a training `cache_pass`.
+        """
+        if cache_pass is not None:
+            described = dataclasses.replace(cache_pass, name=f"probe224-{cache_pass.name}")
+        else:
+            described = CachePass("probe224-serving" if serving else "probe224-clean", None,
+                                  "validator" if serving else None, self.seed if serving else None, 0)  # fmt: skip
+        memo = (split_name, json.dumps(dataclasses.asdict(described), sort_keys=True, default=str))
+        if memo in self._probe_224:
+            return self._probe_224[memo]
         split = self.splits[split_name]
         processor = RoadworkImageProcessor.from_model_config(self.model.config, view_size=PROBE_VIEW_SIZE)
-        described = CachePass("probe224-serving" if serving else "probe224-clean", None,
-                              "validator" if serving else None, self.seed if serving else None, 0)  # fmt: skip
         key, _ = cache_key(self.model, processor, split, described, "float32", self.cache.extractor.fingerprint)
         path = Path(cache_dir) / f"{described.name}-{key[:16]}.npz"
         if path.is_file():
             stored = np.load(path)
             result = (stored["features"], stored["labels"])
         else:
-            result = single_view_features(self.model, split, seed=self.seed, serving=serving)
+            result = single_view_features(self.model, split, seed=self.seed, serving=serving, cache_pass=cache_pass)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, features=result[0], labels=result[1])
             tmp.replace(path)
-        self._probe_224[(split_name, serving)] = result
+        self._probe_224[memo] = result
         return result
 
 
@@ -162,16 +171,27 @@ def _view0(table, rows: Sequence[int] | None = None) -> tuple[np.ndarray, np.nda
 
 
 def fit_probe(data: QualityData, kind: str, rows: Sequence[int], seed: int, eval_splits: Sequence[str],
-              cache_dir: Path, c: float = 1.0, clean_splits: Sequence[str] = ()) -> dict[str, float]:  # fmt: skip
+              cache_dir: Path, c: float = 1.0, clean_splits: Sequence[str] = (),
+              serving_augmentation: float = 0.0, augmenter: RoadworkViewAugmenter | None = None,
+              ) -> dict[str, float]:  # fmt: skip
     """
     A probe of `kind` fitted on the clean train `rows` -> serving MCC per split of `eval_splits`, plus the MCC on the
     clean images (no challenge transform; the probe reads no metadata) of each of `clean_splits` as `"<split>/clean"`.
+    With `serving_augmentation` > 0 the probe also trains on the cached training passes the models train on
+    (`augmenter` and that share of validator challenges, the same draws), so both see the same challenges.
     """
+    rows = list(rows)
+    passes = data.cache.training_passes(augmenter, data.seed, serving_augmentation) if serving_augmentation else []
     if kind == PROBE_VIEW:
-        features, labels = _view0(data.clean_train(), rows)
+        drawn = [_view0(data.clean_train(), rows)]
+        if passes:
+            drawn += [_view0(table, rows) for table in data.train_tables(augmenter, serving_augmentation)]
     else:
-        features, labels = data.probe_224_features("train", False, cache_dir)
-        features, labels = features[list(rows)], labels[list(rows)]
+        drawn = [data.probe_224_features("train", False, cache_dir)]
+        drawn += [data.probe_224_features("train", False, cache_dir, cache_pass=p) for p in passes]
+        drawn = [(features[rows], labels[rows]) for features, labels in drawn]
+    features = np.concatenate([f for f, _ in drawn])
+    labels = np.concatenate([y for _, y in drawn])
     probe = LinearProbe.fit(features, labels, c=c, seed=seed)
     scores = {}
     for name, serving in [(n, True) for n in eval_splits] + [(n, False) for n in clean_splits]:

@@ -94,3 +94,52 @@ def test_ablation_command_has_probe_rows_and_hard_splits(tmp_path):
     for row in result["rows"]:
         assert {"test_small_serving_mcc_mean", "test_distractor_serving_mcc_mean", "serving_mcc_mean"} <= set(row)
     assert "test_distractor serving MCC" in (out / "ablations.md").read_text()
+
+
+def test_probes_train_on_the_models_challenge_passes(tmp_path, monkeypatch):
+    """With --serving_augmentation the probes see the clean images plus every training pass the model sees."""
+    import torch
+    from roadwork_testing import tiny_config
+
+    from data_collator import (
+        RoadworkViewAugmenter,
+        SyntheticDatasetConfig,
+        build_vocabularies,
+        ensure_synthetic_dataset,
+        load_roadwork_splits,
+    )
+    from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor
+    from roadwork_training import evaluation, quality
+    from roadwork_training.feature_cache import RoadworkFeatureCache, RoadworkFeatureExtractor
+
+    source = ensure_synthetic_dataset(tmp_path / "syn", SyntheticDatasetConfig(num_train=12, num_test=6))
+    splits = load_roadwork_splits(str(source))
+    torch.manual_seed(0)
+    model = RoadworkForImageClassification(
+        tiny_config(**build_vocabularies(splits["train"]), use_segmentation=False)
+    ).eval()
+    processor = RoadworkImageProcessor.from_model_config(model.config)
+    cache = RoadworkFeatureCache(RoadworkFeatureExtractor(model, processor, tmp_path / "cache", progress=False), 2)
+    data = quality.QualityData(cache, splits, model, processor, seed=3)
+    fitted = []
+    original = evaluation.LinearProbe.fit
+
+    def spy(features, labels, **kwargs):
+        fitted.append(len(labels))
+        return original(features, labels, **kwargs)
+
+    monkeypatch.setattr(quality.LinearProbe, "fit", staticmethod(spy))
+    rows = list(range(8))
+    augmenter = RoadworkViewAugmenter("light")
+    for kind in (quality.PROBE_VIEW, quality.PROBE_224):
+        quality.fit_probe(data, kind, rows, 0, ["test"], tmp_path / "cache")
+        quality.fit_probe(data, kind, rows, 0, ["test"], tmp_path / "cache", serving_augmentation=0.5,
+                          augmenter=augmenter)  # fmt: skip
+    assert fitted == [8, 24, 8, 24]  # clean only; clean + the 2 challenge passes
+    assert len(data.train_tables(augmenter, 0.5)) == 2  # the model's passes, which probe_view reused
+
+    fitted.clear()
+    monkeypatch.setattr(evaluation.LinearProbe, "fit", staticmethod(spy))
+    evaluation.linear_probe_baseline(model, splits["train"], splits["test"], seed=0, batch_size=4,
+                                     serving_augmentation=0.5, num_passes=2)  # fmt: skip
+    assert fitted == [3 * len(splits["train"])]

@@ -142,9 +142,10 @@ def test_bad_inputs_raise_clear_errors():
 # ---------------------------------------------------------------------------------------------- global linear path
 
 
-def test_global_linear_path_adds_a_probe_on_view_zero_to_the_head_logits():
-    model = _model()
-    assert model.config.use_global_linear_path and model.global_classifier is not None
+def test_global_linear_path_is_off_by_default_and_adds_a_probe_on_view_zero_to_the_head_logits():
+    assert not _model().config.use_global_linear_path and _model().global_classifier is None
+    model = _model(use_global_linear_path=True)
+    assert model.global_classifier is not None
     features = torch.randn(3, 12, 32)
     with torch.no_grad():
         out = model(view_features=features)
@@ -167,8 +168,24 @@ def test_global_linear_path_adds_a_probe_on_view_zero_to_the_head_logits():
         assert not torch.allclose(model.global_classifier(changed[:, 0]), probe)
 
 
+def test_fan_in_init_keeps_the_heads_signal_and_normal_init_shrinks_it():
+    """linear_init="fan_in" (default): std 1/sqrt(fan_in), logits start at a usable scale; "normal" (0.02) does not."""
+    features = torch.randn(64, 12, 32) * 3
+    spreads = {}
+    for scheme in ("fan_in", "normal"):
+        model = _model(linear_init=scheme, hidden_dropout=0.0, attention_dropout=0.0)
+        fc = model.fusion.fc
+        expected = fc.in_features**-0.5 if scheme == "fan_in" else model.config.initializer_range
+        assert fc.weight.std().item() == pytest.approx(expected, rel=0.15)
+        with torch.no_grad():
+            spreads[scheme] = model(view_features=features).logits.std(0).mean().item()
+    assert spreads["fan_in"] > 20 * spreads["normal"]
+    with pytest.raises(ValueError, match="linear_init"):
+        _model(linear_init="xavier")
+
+
 def test_global_linear_path_reads_view_zero_even_when_pruning_drops_it():
-    model = _model(num_kept_views=1)
+    model = _model(num_kept_views=1, use_global_linear_path=True)
     features = torch.randn(2, 12, 32)
     with torch.no_grad():
         out = model.roadwork(view_features=features)
@@ -176,7 +193,7 @@ def test_global_linear_path_reads_view_zero_even_when_pruning_drops_it():
 
 
 def test_gradients_reach_the_global_linear_path():
-    model = _model()
+    model = _model(use_global_linear_path=True)
     model.train()
     out = model(pixel_values=pixel_inputs(4), labels=torch.tensor([0, 1, 1, 0]))
     out.loss.backward()
@@ -190,7 +207,7 @@ def test_global_linear_path_off_is_the_old_model():
     off = RoadworkForImageClassification(tiny_config(use_global_linear_path=False)).eval()
     assert off.global_classifier is None
     assert not any(k.startswith("global_classifier.") for k in off.state_dict())
-    on = _model()
+    on = _model(use_global_linear_path=True)
     # Same head weights, no linear path: the logits are the head's alone.
     missing, unexpected = off.load_state_dict(on.state_dict(), strict=False)
     assert not missing and set(unexpected) == {f"global_classifier.{n}.{p}" for n in ("layer_norm", "fc")
@@ -203,16 +220,16 @@ def test_global_linear_path_off_is_the_old_model():
 
 
 def test_config_saved_without_the_linear_path_field_loads(tmp_path):
-    model = _model(use_global_linear_path=False)
+    model = _model(use_global_linear_path=True)
     model.save_pretrained(tmp_path)
     config_file = tmp_path / "config.json"
     saved = json.loads(config_file.read_text())
     del saved["use_global_linear_path"]  # a config written before the field existed
     config_file.write_text(json.dumps(saved))
     config = RoadworkConfig.from_pretrained(tmp_path)
-    assert config.use_global_linear_path is True  # the default
+    assert config.use_global_linear_path is False  # the default
     loaded = RoadworkForImageClassification.from_pretrained(tmp_path)
-    assert loaded.global_classifier is not None
+    assert loaded.global_classifier is None
     with torch.no_grad():
         assert torch.isfinite(loaded(view_features=torch.randn(2, 12, 32)).logits).all()
 
@@ -397,7 +414,7 @@ EXPECTED_HEAD_MODULES = {
 
 
 def test_state_dict_names_are_named_not_positional():
-    model = _model(seg_resolution=16)
+    model = _model(seg_resolution=16, use_global_linear_path=True)
     keys = list(model.state_dict())
     assert any(k.startswith("roadwork.backbone.") for k in keys)
     head_keys = [k for k in keys if not k.startswith("roadwork.backbone.")]  # the backbone's names are its library's

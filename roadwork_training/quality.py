@@ -5,8 +5,9 @@ challenges (no metadata, the validators' challenge transform seeded by `--seed` 
 split and on the synthetic hard splits (`test_small`: roadwork under 1 % of the image; `test_occluded`;
 `test_distractor`: orange things and no roadwork). Variants:
 
-- `full`: the model as configured (12 views, pruning, attention, fusion; the global linear path when the config has
-  it on); `full_no_linear_path` / `full_linear_path`: the same with `use_global_linear_path` switched.
+- `full`: the model as configured (12 views, pruning, attention, fusion; the global linear path only when the config
+  has it on, off by default); `full_no_linear_path` / `full_linear_path`: the same with `use_global_linear_path`
+  switched.
 - `global_view_only`: the same head on the global view's features alone (`keep_views=(0,)`, one view, no pruning).
 - `probe_view`: `LinearProbe` (standardised features + logistic regression) on the pooled feature of the global
   view at the model's own view size, read from the cache (view 0 is the whole image resized to `view_size`):

@@ -71,7 +71,7 @@ def test_bench_quality_prints_the_json_line(tmp_path):
     assert isinstance(result["value"], float) and result["probe"] in ("probe_view", "probe_224")
     assert set(result["margins"]) == {"test", "test_small", "test_occluded", "test_distractor"}
     stored = json.loads((out / "quality.json").read_text())
-    assert [r["variant"] for r in stored["rows"]] == ["full", "full_no_linear_path", "global_view_only", "probe_view",
+    assert [r["variant"] for r in stored["rows"]] == ["full", "full_linear_path", "global_view_only", "probe_view",
                                                       "probe_224"]  # fmt: skip
     assert all(r["seeds"] == 2 for r in stored["rows"]) and len(stored["runs"]) == 10
     assert "| probe_224 |" in (out / "quality.md").read_text()

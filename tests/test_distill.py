@@ -198,7 +198,7 @@ def test_the_quickstart_config_parses_with_distill_py():
                                       "--teacher", "outputs/quickstart"])  # fmt: skip
     assert args.models.student == "vit" and args.models.image_size == 224 and args.data.dataset == "synthetic"
     assert check_student(args.models.student, json.loads(args.models.student_config)) == "vit"
-    assert args.synthetic.num_train == 240  # the data of configs/quickstart.yaml, the teacher's
+    assert args.synthetic.num_train == 240 and args.data.synthetic_dir == "outputs/synthetic_distill"
 
 
 # --- loss, data, export -------------------------------------------------------------------------------------

@@ -107,7 +107,9 @@ class QualityArguments:
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps before the cosine decay."})
+    warmup_steps: float = field(
+        default=5, metadata={"help": "Linear warm-up steps before the cosine decay; below 1, a share of all steps."}
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: none)."})
     early_stopping: bool = field(
         default=False, metadata={"help": "Keep the epoch with the best validation serving MCC (and stop early)."}
@@ -249,7 +251,10 @@ def main(argv=None) -> dict:
         f"{args.seed}..{args.seed + args.seeds - 1}. Data: {data_args.dataset}, {len(rows)} training rows "
         f"({int(np.asarray(splits['train']['label'])[rows].sum())} roadwork), eval rows {sizes}; backbone "
         f"{model_args.backbone}, {base.config.num_views} views at {base.config.view_size} px; "
-        f"{args.num_train_epochs} epochs, augmentation {augmentation.strength}."
+        f"{args.num_train_epochs} epochs (lr {args.learning_rate:g}, {args.warmup_steps} warm-up steps, early "
+        f"stopping {'on' if args.early_stopping else 'off'}), augmentation {augmentation.strength}, "
+        f"{data_args.serving_augmentation:g} of the draws as validator challenges, metadata dropout "
+        f"{data_args.metadata_dropout:g}, {cache_args.feature_cache_passes} cached passes."
     )
     table = quality_table(summary, split_names, descriptions)
     Path(args.output_dir, f"{name}.md").write_text(data_line + "\n\n" + table)

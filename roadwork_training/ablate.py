@@ -105,7 +105,9 @@ class AblationArguments:
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps before the cosine decay."})
+    warmup_steps: float = field(
+        default=5, metadata={"help": "Linear warm-up steps before the cosine decay; below 1, a share of all steps."}
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: none)."})
     seed: int = field(default=42, metadata={"help": "First seed; it also seeds the data split and the cached passes."})
     use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even when a GPU is available."})

@@ -30,11 +30,18 @@ class HeadTrainingSettings:
     per_device_eval_batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 5
+    warmup_steps: float = 5  # steps, or a share of all steps when below 1 (as TrainingArguments.warmup_steps)
     max_grad_norm: float = 1.0
     seed: int = 42
     # With a `validate` callable: stop after this many epochs without a better score, keep the best epoch's head.
     early_stopping_patience: int | None = None
+
+
+def warmup_steps(warmup: float, total: int) -> int:
+    """Warm-up steps: `warmup` itself, or that share of the `total` steps when 0 < warmup < 1 (as transformers)."""
+    if warmup < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup}")
+    return math.ceil(warmup * total) if warmup < 1 else int(warmup)
 
 
 def _schedule(step: int, warmup: int, total: int) -> float:
@@ -69,9 +76,8 @@ def train_head(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     total = settings.num_train_epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _schedule(step, settings.warmup_steps, total)
-    )
+    warmup = warmup_steps(settings.warmup_steps, total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(step, warmup, total))
     times = []
     best_score, best_state, stale = -math.inf, None, 0
     for epoch in range(settings.num_train_epochs):
@@ -127,4 +133,4 @@ def evaluate_conditions(model, datasets: Mapping[str, object], collator, batch_s
     return results
 
 
-__all__ = ["HeadTrainingSettings", "evaluate_conditions", "train_head"]
+__all__ = ["HeadTrainingSettings", "evaluate_conditions", "train_head", "warmup_steps"]

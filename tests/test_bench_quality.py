@@ -143,3 +143,12 @@ def test_probes_train_on_the_models_challenge_passes(tmp_path, monkeypatch):
     evaluation.linear_probe_baseline(model, splits["train"], splits["test"], seed=0, batch_size=4,
                                      serving_augmentation=0.5, num_passes=2)  # fmt: skip
     assert fitted == [3 * len(splits["train"])]
+
+
+def test_head_training_warmup_takes_steps_or_a_share_of_the_steps():
+    from roadwork_training.head_training import warmup_steps
+
+    assert warmup_steps(5, 1000) == 5 and warmup_steps(0, 1000) == 0
+    assert warmup_steps(0.1, 1620) == 162  # a float below 1 is a ratio, as TrainingArguments.warmup_steps
+    with pytest.raises(ValueError, match="warmup_steps"):
+        warmup_steps(-1, 10)

@@ -6,7 +6,8 @@
 
 Prints MCC of the model under the three conditions (serving: no metadata + the validators' challenge transform;
 no_metadata: the full image; metadata: as stored) on the test split, the same for a logistic-regression probe on the
-backbone's pooled feature of one 224x224 view (the whole image), and a last JSON line
+backbone's pooled feature of one 224x224 view (the whole image; trained on the clean images plus, with the config's
+--serving_augmentation, the same share of challenge passes as the model), and a last JSON line
 `{"name": "serving_mcc", "value": <model serving MCC>, "target": 0.6, "probe_serving_mcc": ..., ...}`.
 The synthetic test split is balanced 50/50, as the validators' challenges are; half of their challenges are SDXL
 images, which no split here contains.

@@ -331,3 +331,20 @@ def test_dora_configs_parse_with_finetune_dora(name):
     args = finetune_dora.parse_args(["--config", str(CONFIG_DIR / name), "--base_model", "unused"])
     assert args.training.weight_decay == 0.02 and args.training.warmup_steps == 0
     assert args.training.metric_for_best_model == "serving_mcc"
+
+
+def test_bench_serving_reads_the_probes_challenge_share_from_the_train_config():
+    """bench_serving.py fits its probe on the same share of challenge passes as the config's model trained on."""
+    import importlib.util
+
+    path = CONFIG_DIR.parent / "benchmarks" / "bench_serving.py"
+    spec = importlib.util.spec_from_file_location("bench_serving", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_serving"] = bench  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.modules.pop("bench_serving", None)
+    trained = bench._train_config(str(CONFIG_DIR / "quickstart.yaml"), [])
+    assert trained.data.serving_augmentation == 1.0 and trained.cache.feature_cache_passes == 5
+    assert bench._synthetic_config(str(CONFIG_DIR / "quickstart.yaml"), []).num_train == 1000

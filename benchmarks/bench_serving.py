@@ -2,6 +2,7 @@
 
     python benchmarks/bench_serving.py                          # trains the quickstart (configs/quickstart.yaml)
     python benchmarks/bench_serving.py --checkpoint outputs/quickstart
+    python benchmarks/bench_serving.py --checkpoint outputs/quickstart --pipeline_check   # + pipeline(), as a miner
     python benchmarks/bench_serving.py --checkpoint DIR --dataset DATA_DIR --split test
 
 Prints MCC of the model under the three conditions (serving: no metadata + the validators' challenge transform;
@@ -32,8 +33,13 @@ from data_collator import ensure_synthetic_dataset, load_roadwork_splits  # noqa
 from data_collator.synthetic import SyntheticDatasetConfig  # noqa: E402
 from modeling_roadwork import RoadworkForImageClassification  # noqa: E402
 from roadwork_training.build import stratified_subset  # noqa: E402
-from roadwork_training.evaluation import evaluate_split_conditions, label_balance, linear_probe_baseline  # noqa: E402
-from roadwork_training.metrics import CONDITIONS, format_metric  # noqa: E402
+from roadwork_training.evaluation import (  # noqa: E402
+    evaluate_split_conditions,
+    label_balance,
+    linear_probe_baseline,
+    pipeline_serving_probabilities,
+)
+from roadwork_training.metrics import CONDITIONS, classification_metrics, format_metric  # noqa: E402
 
 
 TARGET_SERVING_MCC = 0.6
@@ -63,6 +69,12 @@ class BenchArguments:
         default=None,
         metadata={"help": "Share of validator challenges in the probe's training passes, as the model's "
                   "--serving_augmentation (default: the --config's value, so both train on the same images)."},
+    )  # fmt: skip
+    pipeline_check: bool = field(
+        default=False,
+        metadata={"help": "Also score the serving challenges as a miner serves the checkpoint: AutoModel + "
+                  "AutoImageProcessor (trust_remote_code) in pipeline('image-classification'), one PIL challenge at a "
+                  "time; prints its serving MCC, which must equal the model's."},
     )  # fmt: skip
     probe_passes: int | None = field(
         default=None, metadata={"help": "Training passes of the probe with challenges (default: the --config's "
@@ -98,10 +110,17 @@ def main(argv: list[str] | None = None) -> dict:
     probe_metrics = linear_probe_baseline(model, train_split, eval_split, seed=args.seed, c=args.probe_c,
                                           batch_size=args.batch_size, serving_augmentation=share,
                                           num_passes=passes)  # fmt: skip
+    pipeline_metrics = {}
+    if args.pipeline_check:
+        probabilities, labels = pipeline_serving_probabilities(str(checkpoint), eval_split, seed=args.seed)
+        pipeline_metrics = classification_metrics(probabilities, labels)
     print(f"{checkpoint} on {source} [{args.split}: {len(eval_split)} rows, {label_balance(eval_split)}]")
     print(f"{'':>24} " + " ".join(f"{c:>12}" for c in CONDITIONS))
     for name, metrics in (("multi-view model MCC", model_metrics), ("single-view probe MCC", probe_metrics)):
         print(f"{name:>24} " + " ".join(f"{format_metric(metrics.get(f'{c}_mcc'), 'mcc'):>12}" for c in CONDITIONS))
+    if pipeline_metrics:
+        mcc = format_metric(pipeline_metrics.get("mcc"), "mcc")
+        print(f"{'pipeline() MCC':>24} {mcc:>12}   (serving, as a miner)")
     result = {
         "name": "serving_mcc",
         "value": model_metrics.get("serving_mcc"),
@@ -112,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "probe_serving_reward": probe_metrics.get("serving_streetvision_reward"),
         "rows": len(eval_split),
         "probe_serving_augmentation": share,
+        "pipeline_serving_mcc": pipeline_metrics.get("mcc"),
         "checkpoint": str(checkpoint),
         "dataset": source,
         "seconds": round(time.time() - started, 1),

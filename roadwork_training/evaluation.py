@@ -82,6 +82,37 @@ def evaluate_split_conditions(
     return metrics
 
 
+def pipeline_serving_probabilities(model_name_or_path: str, split, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The serving condition as a StreetVision miner runs it: the checkpoint loaded with `AutoModelForImageClassification`
+    and `AutoImageProcessor` (`trust_remote_code=True`) into `pipeline("image-classification")`, given each row's
+    validator challenge (the same seeded challenge as the `serving` condition's) as a PIL image, no metadata.
+    -> (N,) P(Roadwork) and (N,) labels; rows whose image does not decode are skipped.
+    """
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    from data_collator import RoadworkValidatorTransform
+    from data_collator.collator import SEED_STREAM_TRANSFORM, example_seed
+
+    model = AutoModelForImageClassification.from_pretrained(model_name_or_path, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
+    classifier = pipeline("image-classification", model=model, image_processor=processor)
+    challenge = RoadworkValidatorTransform()
+    probabilities, labels = [], []
+    for index in tqdm(range(len(split)), desc="pipeline (serving)", leave=False):
+        row = split[index]
+        try:
+            image = processor.load_image(dict(row["image"]) if isinstance(row["image"], dict) else row["image"])
+        except Exception as error:  # noqa: BLE001 - an undecodable image is skipped, as in every evaluation
+            logger.warning("pipeline check: skipping row %d, its image does not decode (%s)", index, error)
+            continue
+        image = challenge(image, seed=example_seed(seed, 0, index, SEED_STREAM_TRANSFORM, 0))
+        scores = {entry["label"]: entry["score"] for entry in classifier(image, top_k=None)}
+        probabilities.append(scores["Roadwork"])
+        labels.append(int(row["label"]))
+    return np.asarray(probabilities, dtype=np.float64), np.asarray(labels, dtype=int)
+
+
 def metadata_collator(config) -> RoadworkDataCollator:
     """The collator train.py uses: descriptions embedded with the config's text encoder when the model reads text."""
     embedder = RoadworkTextEmbedder.get(config.text_encoder_name) if config.use_metadata and config.use_text else None
@@ -195,6 +226,7 @@ __all__ = [
     "label_balance",
     "linear_probe_baseline",
     "metadata_collator",
+    "pipeline_serving_probabilities",
     "predict_probabilities",
     "single_view_features",
 ]

@@ -252,3 +252,22 @@ def test_evaluate_conditions_and_probe_on_a_tiny_model(rows, processor):
     baseline = linear_probe_baseline(model, rows, rows, seed=0, batch_size=4)
     assert list(baseline)[0].startswith("serving_")
     assert baseline["metadata_accuracy"] == baseline["no_metadata_accuracy"], "the probe reads no metadata"
+
+
+def test_pipeline_serving_check_equals_the_serving_condition(rows, tmp_path):
+    """A miner's `pipeline("image-classification")` on the seeded challenges scores what the serving condition does."""
+    from roadwork_training.evaluation import pipeline_serving_probabilities, predict_probabilities
+
+    torch.manual_seed(0)
+    config = tiny_config(**VOCABS, view_size=VIEW_SIZE, use_text=False)
+    model = RoadworkForImageClassification(config).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    RoadworkImageProcessor.from_model_config(config).save_pretrained(tmp_path / "ckpt")
+    served, labels = pipeline_serving_probabilities(str(tmp_path / "ckpt"), rows, seed=5)
+    processor = RoadworkImageProcessor.from_model_config(config)
+    dataset = condition_datasets(rows, processor, config, seed=5)["serving"]
+    expected, expected_labels = predict_probabilities(
+        model, dataset, RoadworkDataCollator(text_embed_dim=config.text_embed_dim), batch_size=4
+    )
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_allclose(served, expected, atol=1e-5)

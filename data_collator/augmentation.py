@@ -415,7 +415,7 @@ class RoadworkValidatorTransform:
             level (`int`, *optional*): force a level 0..3 instead of drawing one.
         """
         rng = np.random.default_rng(seed)
-        if self.probability < 1.0 and level is None and rng.random() >= self.probability:
+        if level is None and not self._draw_applies(rng):
             self.last_params = {"applied": False}
             return image.convert("RGB")
         if level is None:
@@ -460,6 +460,14 @@ class RoadworkValidatorTransform:
             image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
         self.last_params = params
         return image
+
+    def applies(self, seed: int | None) -> bool:
+        """Whether the call with this `seed` makes a challenge (always at `probability` 1), without an image."""
+        return self._draw_applies(np.random.default_rng(seed))
+
+    def _draw_applies(self, rng: np.random.Generator) -> bool:
+        """The first draw of a call: below `probability` 1 it decides whether the image becomes a challenge."""
+        return self.probability >= 1.0 or rng.random() < self.probability
 
     def _crop_params(self, image_size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
         """Square RandomResizedCrop parameters ``(top, left, h, w)``, torchvision's sampling rule."""

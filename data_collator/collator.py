@@ -290,20 +290,18 @@ class RoadworkDataset(torch.utils.data.Dataset):
         """
         -> (what the processor cuts views from, whether the whole-image transform changed its geometry): the raw
         cell, or the decoded image after the transform. A transform that draws whether to act (the validator
-        transform with `probability` < 1) reports it in `last_params["applied"]`; the masks survive only when not.
+        transform with `probability` < 1) answers `applies(seed)` first; the masks survive only when it does not.
         """
         if cell is None:
             raise ValueError("the row has no image")
         raw = dict(cell) if isinstance(cell, Mapping) else cell
         if self.image_transform is None:
             return raw, False
-        image = self.image_transform(
-            self.image_processor.load_image(raw),
-            seed=example_seed(self.seed, self.epoch, index, SEED_STREAM_TRANSFORM, draw),
-        )
-        if not getattr(self.image_transform, "last_params", {}).get("applied", True):
-            return raw, False  # left whole: exactly the untransformed example (the processor's own decode)
-        return image, True
+        seed = example_seed(self.seed, self.epoch, index, SEED_STREAM_TRANSFORM, draw)
+        applies = getattr(self.image_transform, "applies", None)
+        if applies is not None and not applies(seed):
+            return raw, False  # left whole, not even decoded here: exactly the untransformed example
+        return self.image_transform(self.image_processor.load_image(raw), seed=seed), True
 
     def _masks(self, row: Mapping[str, Any]) -> np.ndarray | None:
         if not self.with_seg_masks:

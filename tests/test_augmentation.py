@@ -224,3 +224,12 @@ def test_validator_transform_probability_mixes_challenges_with_whole_images():
     np.testing.assert_array_equal(first, np.asarray(half(image, seed=3)))  # seeded: the same draw again
     with pytest.raises(ValueError, match="probability"):
         RoadworkValidatorTransform(probability=1.5)
+
+
+def test_validator_transform_applies_predicts_the_calls_draw():
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    half = RoadworkValidatorTransform(probability=0.5)
+    for seed in range(30):
+        half(image, seed=seed)
+        assert half.applies(seed) == half.last_params["applied"]
+    assert all(RoadworkValidatorTransform().applies(seed) for seed in range(30))

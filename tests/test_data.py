@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from data_collator.augmentation import RoadworkValidatorTransform
-from data_collator.collator import FORWARD_KEYS, RoadworkDataCollator, RoadworkDataset
+from data_collator.collator import (
+    FORWARD_KEYS,
+    SEED_STREAM_TRANSFORM,
+    RoadworkDataCollator,
+    RoadworkDataset,
+    example_seed,
+)
 from data_collator.schema import (
     build_vocabularies,
     consistent_mask,
@@ -236,7 +242,7 @@ def test_partial_validator_transform_keeps_masks_only_where_it_did_not_act(rows,
         for epoch in range(3):
             dataset.set_epoch(epoch)
             example = dataset[i]
-            applied = transform.last_params["applied"]
+            applied = transform.applies(example_seed(1, epoch, i, SEED_STREAM_TRANSFORM, 0))
             outcomes.append(applied)
             assert (example["seg_masks"] is None) == applied
             if not applied:  # untouched: exactly the plain training example

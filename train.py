@@ -44,7 +44,9 @@ from roadwork_training.build import (
 )
 from roadwork_training.feature_cache import FeatureCacheArguments, feature_cache_from_training
 from roadwork_training.flag_groups import AugmentationArguments, GPSConfigArguments, SyntheticArguments
+from roadwork_training.head_training import evaluate_conditions
 from roadwork_training.metrics import CONDITIONS, PRIMARY_CONDITION, format_metric
+from roadwork_training.probe_floor import apply_probe_floor, fit_global_linear_path
 from roadwork_training.trainer import best_evaluation
 
 
@@ -170,7 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
         text_embedder=embedder, text_embed_dim=config.text_embed_dim, seg_mask_size=config.seg_resolution
     )
 
-    # Stage 5: train.
+    # Stage 5: train (with the probe floor, the global linear path is first fitted as a probe on the training rows).
+    floor = {}
+    if config.probe_floor:
+        model.to(training_args.device)  # the fit runs the backbone over view 0 of every row when nothing is cached
+        floor = fit_global_linear_path(model, train_dataset, collator, seed=training_args.seed)
     training_args.label_names = ["labels"]
     training_args.remove_unused_columns = False
     if training_args.ddp_find_unused_parameters is None:
@@ -187,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
         base_model=None if args.model.backbone_config else args.model.backbone,
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if config.probe_floor:
+        floor.update(probe_floor_on_validation(trainer, conditions(splits["validation"], image_processor, config,
+                                                                   training_args.seed), collator))  # fmt: skip
 
     # Stage 6: evaluate every split except train under every condition; save, push, summarise.
     trainer.remove_callback(EarlyStoppingCallback)  # it would look for the validation metric in the test metrics
@@ -196,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
             datasets = conditions(split, image_processor, config, training_args.seed)
             metrics.update(trainer.evaluate(datasets, metric_key_prefix=name))
     metrics = lead_with_serving(metrics, [name for name in splits if name != "train"])
+    metrics.update({f"probe_floor_{k.removeprefix('floor_')}": v for k, v in floor.items()})
     trainer.final_metrics = metrics
     trainer.save_model()
     trainer.create_model_card()
@@ -209,6 +219,26 @@ def main(argv: list[str] | None = None) -> dict:
     if is_main:
         print(summary["line"], flush=True)
     return summary
+
+
+def probe_floor_on_validation(trainer: RoadworkTrainer, validation: dict, collator) -> dict:
+    """
+    `apply_probe_floor` scored by the selection metric (`--metric_for_best_model`, e.g. `serving_mcc`) on the
+    validation split: the saved model is the trained one or, if it validates higher, the probe alone.
+    """
+    metric = (trainer.args.metric_for_best_model or f"{PRIMARY_CONDITION}_mcc").removeprefix("eval_")
+    condition = next((c for c in sorted(validation, key=len, reverse=True) if metric.startswith(f"{c}_")), None)
+    if condition is None:
+        raise ValueError(f"--metric_for_best_model {metric!r} names none of the conditions {list(validation)}")
+    name = metric.removeprefix(f"{condition}_")
+    sign = 1.0 if trainer.args.greater_is_better in (None, True) else -1.0
+
+    def score(model) -> float:
+        values = evaluate_conditions(model, {condition: validation[condition]}, collator,
+                                     trainer.args.per_device_eval_batch_size)[condition]  # fmt: skip
+        return sign * float(values.get(name, float("nan")))
+
+    return apply_probe_floor(trainer.model, score)
 
 
 def lead_with_serving(metrics: dict, split_names: list[str]) -> dict:
@@ -228,11 +258,16 @@ def _summary(trainer: RoadworkTrainer, metrics: dict, seconds: float, output_dir
     best_value = best.get(f"eval_{metric.removeprefix('eval_')}")
     test = " | ".join(f"{c} {format_metric(metrics.get(f'test_{c}_mcc'), 'mcc')}" for c in CONDITIONS)
     best_text = "not evaluated" if not best else format_metric(best_value, "mcc")
+    floor = ""
+    if "probe_floor_applied" in metrics:
+        kept = "the probe alone" if metrics["probe_floor_applied"] else "the trained head"
+        floor = (f"; probe floor: {kept} kept (validation {format_metric(metrics['probe_floor_model_score'], 'mcc')} "
+                 f"trained vs {format_metric(metrics['probe_floor_probe_score'], 'mcc')} probe)")  # fmt: skip
     line = (
         f"roadwork: best validation {metric.removeprefix('eval_')} {best_text} at epoch "
         f"{best.get('epoch', float('nan')):.2f}; test MCC {test}; test reward ({PRIMARY_CONDITION}) "
-        f"{format_metric(metrics.get(f'test_{PRIMARY_CONDITION}_streetvision_reward'), 'streetvision_reward')}; "
-        f"wall time {seconds / 60:.1f} min; checkpoint {os.path.abspath(output_dir)}"
+        f"{format_metric(metrics.get(f'test_{PRIMARY_CONDITION}_streetvision_reward'), 'streetvision_reward')}"
+        f"{floor}; wall time {seconds / 60:.1f} min; checkpoint {os.path.abspath(output_dir)}"
     )
     return {
         "line": line, "best_metric": best_value, "best_epoch": best.get("epoch"), "metrics": metrics,

@@ -170,10 +170,18 @@ class RoadworkConfig(PretrainedConfig):
             Hidden width of the classifier and of the weather head.
         use_global_linear_path (`bool`, *optional*, defaults to `False`):
             A linear path (`global_classifier`: LayerNorm + Linear) from the pooled backbone feature of the global
-            view (view 0, before pruning) to the logits, added to the classifier's logits and trained jointly: a
-            linear probe inside the model, so the multi-view head learns a correction on top of it. Off by default:
-            once the head is initialised with `linear_init="fan_in"` the path costs serving MCC (0.447 against
-            0.537, README "Training", head initialisation). A config saved without the field loads with the default.
+            view (view 0, before pruning) to the logits, added to the classifier's logits: a linear probe inside the
+            model, so the multi-view head learns a correction on top of it. How it trains is
+            `global_linear_path_init`. A config saved without the field loads with the default.
+        global_linear_path_init (`str`, *optional*, defaults to `"probe"`):
+            With `use_global_linear_path`: `"probe"` makes the path a floor by construction. Before training,
+            `roadwork_training.probe_floor.fit_global_linear_path` fits it as an L2 logistic-regression probe on the
+            training rows' global-view features and freezes it, and zeroes the classifier's last layer, so the model
+            starts as exactly that probe and the head learns the residual. After training,
+            `apply_probe_floor` keeps the probe alone (the head's residual switched off) if it scores higher on
+            validation. Until it is fitted the path is zero. `"joint"`: the path starts from `linear_init` and
+            trains jointly with the head through the summed logits (the earlier behaviour; 0.447 against 0.537
+            without the path, README "Training", head initialisation).
         use_view_consistency (`bool`, *optional*, defaults to `True`):
             Per-view classifier and the view-consistency KL loss.
         consistency_target (`str`, *optional*, defaults to `"views_mean"`):
@@ -272,6 +280,7 @@ class RoadworkConfig(PretrainedConfig):
         label_smoothing: float = 0.1,
         initializer_range: float = 0.02,
         linear_init: str = "fan_in",
+        global_linear_path_init: str = "probe",
         **kwargs,
     ):
         self.backbone_config = _backbone_config_from(backbone_config)
@@ -329,6 +338,7 @@ class RoadworkConfig(PretrainedConfig):
         self.label_smoothing = label_smoothing
         self.initializer_range = initializer_range
         self.linear_init = linear_init
+        self.global_linear_path_init = global_linear_path_init
 
         kwargs.setdefault("id2label", {0: "None", 1: "Roadwork"})
         id2label = {int(k): v for k, v in kwargs["id2label"].items()}
@@ -351,6 +361,11 @@ class RoadworkConfig(PretrainedConfig):
     def num_kept(self) -> int:
         """Views that reach the attention stack (`num_kept_views` with pruning, else `num_views`)."""
         return self.num_kept_views if self.use_view_pruning else self.num_views
+
+    @property
+    def probe_floor(self) -> bool:
+        """Whether the global linear path is a fitted, frozen probe (`global_linear_path_init="probe"`)."""
+        return bool(self.use_global_linear_path) and self.global_linear_path_init == "probe"
 
     @property
     def metadata_dim(self) -> int:
@@ -399,6 +414,8 @@ class RoadworkConfig(PretrainedConfig):
                 fail(name, "must be in [0, 1)")
         if self.linear_init not in ("fan_in", "normal"):
             fail("linear_init", "must be 'fan_in' or 'normal'")
+        if self.global_linear_path_init not in ("probe", "joint"):
+            fail("global_linear_path_init", "must be 'probe' or 'joint'")
         if not 0.0 <= self.focal_alpha <= 1.0:
             fail("focal_alpha", "must be in [0, 1]")
         if self.focal_gamma < 0:

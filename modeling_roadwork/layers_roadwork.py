@@ -54,10 +54,11 @@ class RoadworkGlobalClassifier(nn.Module):
     (`global_classifier.fc.weight`): never rename them.
     """
 
-    def __init__(self, *, feature_size: int, num_labels: int, eps: float = 1e-5):
+    def __init__(self, *, feature_size: int, num_labels: int, eps: float = 1e-5, zero_init: bool = False):
         super().__init__()
         self.layer_norm = nn.LayerNorm(feature_size, eps=eps)
         self.fc = nn.Linear(feature_size, num_labels)
+        self.fc.zero_init = zero_init  # read by `_init_weights`: a probe path starts at zero until it is fitted
 
     def forward(self, global_features: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, num_labels)"""

@@ -128,14 +128,22 @@ class RoadworkPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, RoadworkMetadataEncoder):
             init.normal_(module.gps_null_embedding, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
+            # The probe path (`RoadworkGlobalClassifier(zero_init=True)`) adds nothing until
+            # `fit_global_linear_path` writes the probe into it.
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
 
     def freeze_backbone(self) -> None:
-        """Freezes the backbone (no gradients, eval mode) if the config says so. Called by `__init__` and
-        `from_pretrained`, which otherwise leaves every parameter trainable."""
+        """Freezes the backbone (no gradients, eval mode) if the config says so, and the global linear path when it
+        is a probe (`config.probe_floor`). Called by `__init__` and `from_pretrained`, which otherwise leaves every
+        parameter trainable."""
         for module in self.modules():
             if isinstance(module, RoadworkModel) and module.config.freeze_backbone:
                 module.backbone.requires_grad_(False)
                 module.backbone.eval()
+            if isinstance(module, RoadworkGlobalClassifier) and self.config.probe_floor:
+                module.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -381,7 +389,9 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
             dropout=config.hidden_dropout,
         )
         self.global_classifier = (
-            RoadworkGlobalClassifier(feature_size=config.backbone_hidden_size, num_labels=config.num_labels)
+            RoadworkGlobalClassifier(
+                feature_size=config.backbone_hidden_size, num_labels=config.num_labels, zero_init=config.probe_floor
+            )
             if config.use_global_linear_path
             else None
         )

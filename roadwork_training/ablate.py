@@ -73,8 +73,12 @@ ABLATIONS = (
              (("num_views", 1), ("use_view_pruning", False)), keep_views=(0,)),
     Ablation("no_global_linear_path", "no linear path from the global view to the logits "
              "(use_global_linear_path=False)", (("use_global_linear_path", False),)),
-    Ablation("global_linear_path", "with the linear path from the global view to the logits "
-             "(use_global_linear_path=True)", (("use_global_linear_path", True),)),
+    Ablation("global_linear_path", "with the linear path from the global view to the logits, trained jointly "
+             "(use_global_linear_path=True, global_linear_path_init='joint')",
+             (("use_global_linear_path", True), ("global_linear_path_init", "joint"))),
+    Ablation("probe_floor", "with the linear path fitted as a frozen probe, the head learning the residual "
+             "(use_global_linear_path=True, global_linear_path_init='probe'; no validation fall-back here)",
+             (("use_global_linear_path", True), ("global_linear_path_init", "probe"))),
     Ablation(PROBE_VIEW, "no head: a linear probe on the global view at the model's view size (cached view 0); "
              "metadata column = clean images", kind=PROBE_VIEW),
     Ablation(PROBE_224, "no head: a linear probe on the global view at 224 px; metadata column = clean images",

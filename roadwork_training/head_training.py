@@ -19,6 +19,7 @@ import torch
 from data_collator.gps_weighting import make_gps_sampler
 
 from .metrics import classification_metrics, roadwork_probabilities
+from .probe_floor import apply_probe_floor, fit_global_linear_path
 
 
 @dataclass
@@ -54,7 +55,7 @@ def _schedule(step: int, warmup: int, total: int) -> float:
 
 def train_head(
     model, train_dataset, collator, settings: HeadTrainingSettings, sample_weights: Sequence[float] | None = None,
-    num_workers: int = 0, validate: Callable[[object], float] | None = None,
+    num_workers: int = 0, validate: Callable[[object], float] | None = None, report: dict | None = None,
 ) -> list[float]:  # fmt: skip
     """
     Trains `model` (its trainable parameters) in place on `train_dataset`; the GPS-weighted sampler when
@@ -62,8 +63,14 @@ def train_head(
     `validate(model) -> score` (higher is better) runs after every epoch when given: the model ends with the weights
     of its best epoch, and with `settings.early_stopping_patience` training stops after that many epochs without a
     better score (as train.py's `load_best_model_at_end` + early stopping).
+    With `config.probe_floor` the global linear path is first fitted as a probe on `train_dataset`
+    (`probe_floor.fit_global_linear_path`), and with `validate` the probe alone replaces the trained head if it
+    validates higher (`apply_probe_floor`), as in train.py. What the floor did goes into `report` when given.
     """
     device = next(model.parameters()).device
+    floor = {}
+    if getattr(model.config, "probe_floor", False):
+        floor = fit_global_linear_path(model, train_dataset, collator, seed=settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     if sample_weights is not None:
         sampler = make_gps_sampler(sample_weights, num_samples=len(train_dataset), seed=settings.seed)
@@ -112,6 +119,10 @@ def train_head(
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
+    if validate is not None and floor:
+        floor.update(apply_probe_floor(model, validate))
+    if report is not None:
+        report.update(floor)
     return times
 
 

@@ -7,7 +7,9 @@ split and on the synthetic hard splits (`test_small`: roadwork under 1 % of the 
 
 - `full`: the model as configured (12 views, pruning, attention, fusion; the global linear path only when the config
   has it on, off by default); `full_no_linear_path` / `full_linear_path`: the same with `use_global_linear_path`
-  switched.
+  switched (the path trained jointly); `full_probe_floor`: the path fitted as a frozen probe, the head learning the
+  residual, and the probe alone kept where it validates higher (`probe_floor`; needs `--early_stopping` for the
+  fall-back, which scores on validation).
 - `global_view_only`: the same head on the global view's features alone (`keep_views=(0,)`, one view, no pruning).
 - `probe_view`: `LinearProbe` (standardised features + logistic regression) on the pooled feature of the global
   view at the model's own view size, read from the cache (view 0 is the whole image resized to `view_size`):
@@ -64,8 +66,12 @@ QUALITY_VARIANTS = (
     QualityVariant("full", "the multi-view model as configured"),
     QualityVariant("full_no_linear_path", "the model without the global linear path (use_global_linear_path=False)",
                    overrides=(("use_global_linear_path", False),)),
-    QualityVariant("full_linear_path", "the model with the global linear path (use_global_linear_path=True)",
-                   overrides=(("use_global_linear_path", True),)),
+    QualityVariant("full_linear_path", "the model with the global linear path trained jointly "
+                   "(use_global_linear_path=True, global_linear_path_init='joint')",
+                   overrides=(("use_global_linear_path", True), ("global_linear_path_init", "joint"))),
+    QualityVariant("full_probe_floor", "the model on the probe floor: the path fitted as a frozen probe, the head "
+                   "learning the residual, the probe alone kept if it validates higher",
+                   overrides=(("use_global_linear_path", True), ("global_linear_path_init", "probe"))),
     QualityVariant("global_view_only", "the same head on the global view alone (num_views=1, no pruning)",
                    overrides=(("num_views", 1), ("use_view_pruning", False)), keep_views=(0,)),
     QualityVariant(PROBE_VIEW, "linear probe on the global view at the model's view size (cached view 0)",

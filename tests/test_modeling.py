@@ -144,7 +144,7 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_global_linear_path_is_off_by_default_and_adds_a_probe_on_view_zero_to_the_head_logits():
     assert not _model().config.use_global_linear_path and _model().global_classifier is None
-    model = _model(use_global_linear_path=True)
+    model = _model(use_global_linear_path=True, global_linear_path_init="joint")
     assert model.global_classifier is not None
     features = torch.randn(3, 12, 32)
     with torch.no_grad():
@@ -185,7 +185,7 @@ def test_fan_in_init_keeps_the_heads_signal_and_normal_init_shrinks_it():
 
 
 def test_global_linear_path_reads_view_zero_even_when_pruning_drops_it():
-    model = _model(num_kept_views=1, use_global_linear_path=True)
+    model = _model(num_kept_views=1, use_global_linear_path=True, global_linear_path_init="joint")
     features = torch.randn(2, 12, 32)
     with torch.no_grad():
         out = model.roadwork(view_features=features)
@@ -193,7 +193,7 @@ def test_global_linear_path_reads_view_zero_even_when_pruning_drops_it():
 
 
 def test_gradients_reach_the_global_linear_path():
-    model = _model(use_global_linear_path=True)
+    model = _model(use_global_linear_path=True, global_linear_path_init="joint")
     model.train()
     out = model(pixel_values=pixel_inputs(4), labels=torch.tensor([0, 1, 1, 0]))
     out.loss.backward()
@@ -207,7 +207,7 @@ def test_global_linear_path_off_is_the_old_model():
     off = RoadworkForImageClassification(tiny_config(use_global_linear_path=False)).eval()
     assert off.global_classifier is None
     assert not any(k.startswith("global_classifier.") for k in off.state_dict())
-    on = _model(use_global_linear_path=True)
+    on = _model(use_global_linear_path=True, global_linear_path_init="joint")
     # Same head weights, no linear path: the logits are the head's alone.
     missing, unexpected = off.load_state_dict(on.state_dict(), strict=False)
     assert not missing and set(unexpected) == {f"global_classifier.{n}.{p}" for n in ("layer_norm", "fc")
@@ -220,7 +220,7 @@ def test_global_linear_path_off_is_the_old_model():
 
 
 def test_config_saved_without_the_linear_path_field_loads(tmp_path):
-    model = _model(use_global_linear_path=True)
+    model = _model(use_global_linear_path=True, global_linear_path_init="joint")
     model.save_pretrained(tmp_path)
     config_file = tmp_path / "config.json"
     saved = json.loads(config_file.read_text())

@@ -1,0 +1,144 @@
+"""The probe floor: the global linear path as a fitted logistic-regression probe, and the fall-back to it.
+
+With `use_global_linear_path=True` and `global_linear_path_init="probe"` (`config.probe_floor`):
+
+1. `fit_global_linear_path(model, train_dataset, collator)`, before training: fits `LinearProbe` (standardised
+   features, L2 logistic regression, as the benchmarks' probes) on the layer-normed global-view feature of every
+   training row of every pass, folds the standardisation into `global_classifier.fc` so that the path's softmax is the
+   probe's P(Roadwork), freezes the path and zeroes the classifier's last layer (`classifier.fc2`). The model then
+   starts as exactly that probe, and the multi-view head learns what the probe misses.
+2. `apply_probe_floor(model, score)`, after training: scores the trained model and the probe alone (the classifier's
+   last layer zeroed again) with `score` (validation serving MCC in train.py and the benchmarks) and keeps the better.
+
+So on the validation split the model that is saved is never below the probe on its own global-view feature: a floor
+by construction, not by luck. On other splits it is a floor as far as validation predicts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+
+from .evaluation import LinearProbe
+from .metrics import classification_metrics
+
+
+logger = logging.getLogger(__name__)
+
+
+def _dataset_passes(dataset) -> int:
+    """How many distinct passes a training dataset holds (the feature cache's K; 1 for live decoding)."""
+    return int(getattr(getattr(dataset, "split", None), "num_passes", 1))
+
+
+@torch.no_grad()
+def global_view_features(model, dataset, collator, *, num_passes: int | None = None, batch_size: int = 64):
+    """
+    The pooled backbone feature of the global view (view 0) of every decodable row of `dataset`, over `num_passes`
+    epochs' draws (default: every cached pass, one for live decoding) -> features (N, D) float32, labels (N,).
+    Rows the collator drops (undecodable images) are left out. The dataset is set back to epoch 0.
+    """
+    device = next(model.parameters()).device
+    base = model.roadwork
+    num_passes = num_passes or _dataset_passes(dataset)
+    features, labels = [], []
+    for epoch in range(num_passes):
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
+        for batch in loader:
+            if batch.get("view_features") is not None:
+                global_features = batch["view_features"][:, 0]  # (B, V, D) -> (B, D)
+            else:
+                global_features = base.embed_images(batch["pixel_values"][:, 0].to(device))  # (B, 3, S, S) -> (B, D)
+            features.append(global_features.float().cpu())
+            labels.append(batch["labels"].cpu())
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(0)
+    if not features:
+        raise ValueError("fit_global_linear_path: the training dataset yielded no decodable rows")
+    return torch.cat(features).numpy(), torch.cat(labels).numpy().astype(int)
+
+
+@torch.no_grad()
+def fit_global_linear_path(
+    model, train_dataset, collator, *, c: float = 1.0, seed: int = 0, num_passes: int | None = None,
+    batch_size: int = 64,
+) -> dict:  # fmt: skip
+    """
+    Writes a logistic-regression probe on the training rows' global-view features into `model.global_classifier`,
+    freezes it and zeroes `model.classifier.fc2`, so that the model's logits start as the probe's. `c` is the
+    probe's inverse L2 strength (the benchmarks' `--probe_c`). Returns what was fitted (rows, passes, the probe's
+    MCC on its own training rows).
+    """
+    config = model.config
+    if not config.probe_floor:
+        raise ValueError(
+            "fit_global_linear_path needs use_global_linear_path=True and global_linear_path_init='probe', got "
+            f"use_global_linear_path={config.use_global_linear_path}, "
+            f"global_linear_path_init={config.global_linear_path_init!r}"
+        )
+    if config.num_labels != 2:
+        raise ValueError(f"the probe floor is binary (None / Roadwork); num_labels={config.num_labels}")
+    was_training = model.training
+    model.eval()
+    path = model.global_classifier
+    features, labels = global_view_features(model, train_dataset, collator, num_passes=num_passes,
+                                            batch_size=batch_size)  # fmt: skip
+    device = path.fc.weight.device
+    normed = path.layer_norm(torch.from_numpy(features).to(device)).float().cpu().numpy()  # what fc reads
+    probe = LinearProbe.fit(normed, labels, c=c, seed=seed)
+    # logit(P) = coef . (x - mean) / scale + b = w . x + b', with w = coef / scale, b' = b - w . mean; the two logits
+    # are -/+ half of it, so softmax(logits)[1] = sigmoid(w . x + b').
+    coef = probe.classifier.coef_[0] / probe.scale
+    intercept = float(probe.classifier.intercept_[0] - coef @ probe.mean)
+    weight = torch.as_tensor(coef, dtype=path.fc.weight.dtype, device=device)
+    path.fc.weight.copy_(torch.stack([-weight / 2, weight / 2]))
+    path.fc.bias.copy_(torch.tensor([-intercept / 2, intercept / 2], dtype=path.fc.bias.dtype, device=device))
+    path.requires_grad_(False)
+    model.classifier.fc2.weight.zero_()
+    model.classifier.fc2.bias.zero_()
+    model.train(was_training)
+    train_mcc = classification_metrics(probe.predict_proba(normed), labels).get("mcc", math.nan)
+    info = {"probe_rows": len(labels), "probe_passes": num_passes or _dataset_passes(train_dataset),
+            "probe_train_mcc": float(train_mcc)}  # fmt: skip
+    logger.info("global linear path fitted as a probe on %d rows (%d passes); its training MCC %.3f",
+                info["probe_rows"], info["probe_passes"], info["probe_train_mcc"])  # fmt: skip
+    return info
+
+
+@torch.no_grad()
+def apply_probe_floor(model, score: Callable[[object], float]) -> dict:
+    """
+    Scores `model` and the probe alone (its classifier's last layer zeroed) with `score(model) -> float` (higher is
+    better; NaN counts as the worst) and leaves `model` as the better one; a tie keeps the trained head. Returns
+    `{"floor_model_score", "floor_probe_score", "floor_applied"}`; `{}` when the config has no probe floor.
+    """
+    if not model.config.probe_floor:
+        return {}
+
+    def finite(value: float) -> float:
+        value = float(value)
+        return value if math.isfinite(value) else -math.inf
+
+    fc2 = model.classifier.fc2
+    trained_score = finite(score(model))
+    saved = fc2.weight.detach().clone(), fc2.bias.detach().clone()
+    fc2.weight.zero_()
+    fc2.bias.zero_()
+    probe_score = finite(score(model))
+    applied = probe_score > trained_score
+    if not applied:
+        fc2.weight.copy_(saved[0])
+        fc2.bias.copy_(saved[1])
+    logger.info("probe floor: trained model %.4f, probe alone %.4f on validation -> %s", trained_score, probe_score,
+                "the probe alone is kept" if applied else "the trained model is kept")  # fmt: skip
+    return {"floor_model_score": trained_score if math.isfinite(trained_score) else None,
+            "floor_probe_score": probe_score if math.isfinite(probe_score) else None,
+            "floor_applied": bool(applied)}  # fmt: skip
+
+
+__all__ = ["apply_probe_floor", "fit_global_linear_path", "global_view_features"]

@@ -1,0 +1,195 @@
+"""The probe floor: the global linear path fitted as a frozen probe, the head's residual, the validation fall-back."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from roadwork_testing import tiny_config
+from test_train import TINY_ARGS, read_json, roadwork_cache  # noqa: F401 (a fixture)
+
+import train
+from modeling_roadwork import RoadworkForImageClassification
+from roadwork_training.evaluation import LinearProbe
+from roadwork_training.head_training import HeadTrainingSettings, train_head
+from roadwork_training.probe_floor import apply_probe_floor, fit_global_linear_path, global_view_features
+
+
+D, V = 32, 12  # the tiny backbone's width and the views
+
+
+class _Features(torch.utils.data.Dataset):
+    """Rows of cached view features: `set_epoch` switches between `passes` draws, as the feature cache does."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels, self.epoch = features, labels, 0  # (P, N, V, D), (N,)
+        self.split = SimpleNamespace(num_passes=len(features))  # as RoadworkCachedDataset.split (a CachedSplit)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch % len(self.features)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, index: int) -> dict:
+        return {"view_features": self.features[self.epoch, index], "labels": self.labels[index]}
+
+
+def _collate(rows: list[dict]) -> dict:
+    return {"view_features": torch.stack([r["view_features"] for r in rows]),
+            "labels": torch.stack([r["labels"] for r in rows])}  # fmt: skip
+
+
+DIRECTION = torch.randn(D, generator=torch.Generator().manual_seed(123))
+
+
+def _data(n: int = 96, passes: int = 2, seed: int = 0, noise: float = 0.5) -> _Features:
+    """Labels that view 0 predicts linearly (plus `noise`), so the probe is good but not perfect."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(passes, n, V, D, generator=generator)
+    labels = ((features[0, :, 0] @ DIRECTION + noise * torch.randn(n, generator=generator)) > 0).long()
+    return _Features(features, labels)
+
+
+def _floor_model(**overrides) -> RoadworkForImageClassification:
+    torch.manual_seed(0)
+    config = tiny_config(use_global_linear_path=True, global_linear_path_init="probe", use_metadata=False, **overrides)
+    return RoadworkForImageClassification(config).eval()
+
+
+def test_unfitted_probe_path_is_zero_and_frozen_even_after_a_save_load_round_trip(tmp_path):
+    model = _floor_model()
+    assert model.config.probe_floor
+    assert torch.count_nonzero(model.global_classifier.fc.weight) == 0
+    assert torch.count_nonzero(model.global_classifier.fc.bias) == 0
+    assert not any(p.requires_grad for p in model.global_classifier.parameters())
+    assert model.classifier.fc2.weight.requires_grad, "the head still trains"
+    model.save_pretrained(tmp_path)
+    loaded = RoadworkForImageClassification.from_pretrained(tmp_path)
+    assert not any(p.requires_grad for p in loaded.global_classifier.parameters()), "from_pretrained unfroze it"
+    joint = RoadworkForImageClassification(tiny_config(use_global_linear_path=True, global_linear_path_init="joint"))
+    assert not joint.config.probe_floor and all(p.requires_grad for p in joint.global_classifier.parameters())
+    with pytest.raises(ValueError, match="global_linear_path_init"):
+        tiny_config(global_linear_path_init="ridge")
+
+
+def test_fitted_model_starts_as_exactly_the_probe_on_its_global_view():
+    dataset = _data()
+    model = _floor_model()
+    info = fit_global_linear_path(model, dataset, _collate, seed=0)
+    assert info["probe_rows"] == 2 * len(dataset) and info["probe_passes"] == 2
+    assert dataset.epoch == 0, "the dataset is set back to epoch 0"
+    # The same probe fitted by hand on the layer-normed view-0 features of both passes.
+    features, labels = global_view_features(model, dataset, _collate)
+    np.testing.assert_array_equal(features[: len(dataset)], dataset.features[0, :, 0].numpy())
+    with torch.no_grad():
+        normed = model.global_classifier.layer_norm(torch.from_numpy(features)).numpy()
+    probe = LinearProbe.fit(normed, labels, seed=0)
+    test = torch.randn(40, V, D)
+    with torch.no_grad():
+        out = model(view_features=test)
+        path = model.global_classifier(test[:, 0])
+        expected = probe.predict_proba(model.global_classifier.layer_norm(test[:, 0]).numpy())
+    torch.testing.assert_close(out.logits, path, rtol=0, atol=1e-6)  # the head's residual starts at zero
+    np.testing.assert_allclose(out.logits.softmax(-1)[:, 1].numpy(), expected, atol=1e-5)
+    assert info["probe_train_mcc"] > 0.5, "view 0 predicts these labels"
+
+
+def test_after_the_fit_gradients_reach_the_head_but_not_the_probe():
+    dataset = _data()
+    model = _floor_model()
+    fit_global_linear_path(model, dataset, _collate)
+    frozen = {k: v.clone() for k, v in model.global_classifier.state_dict().items()}
+    model.train()
+    batch = _collate([dataset[i] for i in range(16)])
+    model(**batch).loss.backward()
+    assert all(p.grad is None for p in model.global_classifier.parameters())
+    assert model.classifier.fc2.weight.grad.abs().sum() > 0
+    train_head(model, dataset, _collate, HeadTrainingSettings(num_train_epochs=2, per_device_train_batch_size=16))
+    for key, value in model.global_classifier.state_dict().items():
+        torch.testing.assert_close(value, frozen[key], rtol=0, atol=0)
+    assert model.classifier.fc2.weight.abs().sum() > 0, "the head learned a residual"
+
+
+def _mcc(model, dataset) -> float:
+    from roadwork_training.metrics import classification_metrics
+
+    batch = _collate([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        probabilities = model(view_features=batch["view_features"]).logits.softmax(-1)[:, 1].numpy()
+    return classification_metrics(probabilities, batch["labels"].numpy())["mcc"]
+
+
+def test_floor_keeps_the_probe_when_the_trained_head_validates_lower():
+    train_set, validation = _data(seed=0), _data(seed=1, noise=0.0)
+    model = _floor_model()
+    fit_global_linear_path(model, train_set, _collate)
+    probe_mcc = _mcc(model, validation)
+    with torch.no_grad():  # a head that learned noise: large random residual logits
+        model.classifier.fc2.weight.normal_(0, 50.0)
+    assert _mcc(model, validation) < probe_mcc
+    result = apply_probe_floor(model, lambda m: _mcc(m, validation))
+    assert result["floor_applied"] is True
+    assert result["floor_probe_score"] == pytest.approx(probe_mcc)
+    assert torch.count_nonzero(model.classifier.fc2.weight) == 0
+    assert _mcc(model, validation) == pytest.approx(probe_mcc)
+
+
+def test_floor_keeps_the_trained_head_when_it_validates_at_least_as_high():
+    dataset = _data()
+    model = _floor_model()
+    fit_global_linear_path(model, dataset, _collate)
+    with torch.no_grad():
+        model.classifier.fc2.weight.normal_(0, 1.0)
+        model.classifier.fc2.bias.fill_(0.25)
+    trained = {k: v.clone() for k, v in model.classifier.fc2.state_dict().items()}
+    # A score that prefers any non-zero residual: the trained head wins, and its weights are restored exactly.
+    result = apply_probe_floor(model, lambda m: float(m.classifier.fc2.weight.abs().sum()))
+    assert result["floor_applied"] is False and result["floor_model_score"] > result["floor_probe_score"] == 0
+    for key, value in model.classifier.fc2.state_dict().items():
+        torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
+    # NaN (an undefined metric) counts as the worst score: the probe wins over a NaN head.
+    calls = iter([math.nan, 0.1])
+    assert apply_probe_floor(model, lambda m: next(calls))["floor_applied"] is True
+    assert apply_probe_floor(RoadworkForImageClassification(tiny_config()), lambda m: 1.0) == {}
+
+
+def test_train_head_fits_the_probe_and_reports_the_floor():
+    dataset = _data()
+    validation = _data(seed=3)
+    model = _floor_model()
+    report = {}
+    train_head(model, dataset, _collate, HeadTrainingSettings(num_train_epochs=2, per_device_train_batch_size=16),
+               validate=lambda m: _mcc(m, validation), report=report)  # fmt: skip
+    assert report["probe_rows"] == 2 * len(dataset)
+    assert set(report) >= {"floor_model_score", "floor_probe_score", "floor_applied"}
+    assert _mcc(model, validation) == pytest.approx(max(report["floor_model_score"], report["floor_probe_score"]))
+
+
+def test_fit_refuses_a_model_without_the_probe_floor():
+    dataset = _data()
+    with pytest.raises(ValueError, match="global_linear_path_init='probe'"):
+        fit_global_linear_path(RoadworkForImageClassification(tiny_config()), dataset, _collate)
+
+
+@pytest.mark.slow
+def test_train_py_fits_the_probe_end_to_end_and_records_the_floor(roadwork_cache, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """train.py end to end (pixels, no cache): the probe is fitted from the backbone's view 0, the floor decided on
+    validation, and both land in all_results.json and the summary line."""
+    monkeypatch.setenv("ROADWORK_CACHE", str(roadwork_cache))
+    out = tmp_path / "run"
+    summary = train.main([*TINY_ARGS, "--model_overrides", '{"use_global_linear_path": true}', "--num_train_epochs",
+                          "2", "--augmentation_strength", "none", "--output_dir", str(out)])  # fmt: skip
+    results = read_json(out / "all_results.json")
+    assert results["probe_floor_probe_rows"] == 40 and results["probe_floor_probe_passes"] == 1
+    assert isinstance(results["probe_floor_applied"], bool)
+    assert summary["metrics"]["probe_floor_applied"] == results["probe_floor_applied"]
+    kept = "the probe alone" if results["probe_floor_applied"] else "the trained head"
+    assert f"probe floor: {kept} kept" in capsys.readouterr().out
+    loaded = RoadworkForImageClassification.from_pretrained(out)
+    assert loaded.config.probe_floor and torch.count_nonzero(loaded.global_classifier.fc.weight) > 0
+    if results["probe_floor_applied"]:
+        assert torch.count_nonzero(loaded.classifier.fc2.weight) == 0

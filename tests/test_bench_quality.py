@@ -152,3 +152,31 @@ def test_head_training_warmup_takes_steps_or_a_share_of_the_steps():
     assert warmup_steps(0.1, 1620) == 162  # a float below 1 is a ratio, as TrainingArguments.warmup_steps
     with pytest.raises(ValueError, match="warmup_steps"):
         warmup_steps(-1, 10)
+
+
+@pytest.mark.slow
+def test_recipe_search_selects_on_validation_and_reports_test_beside_it(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_quality.py", "--config", str(config), "--search", "--search_knobs",
+         "learning_rate", "--seeds", "1", "--num_train_epochs", "2", "--early_stopping", "true", "--output_dir",
+         str(out), "--synthetic_dir", str(tmp_path / "syn"), "--use_cpu"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    stored = json.loads((out / "search.json").read_text())
+    rows = {r["variant"]: r for r in stored["rows"]}
+    assert {"base", "learning_rate=3e-4", "learning_rate=3e-3"} <= set(rows)
+    for row in rows.values():
+        assert {"validation_mean", "test_mean"} <= set(row)
+    # The winner is the value whose validation MCC beat the base's (test plays no part); without one, no combination.
+    tried = {v: rows[f"learning_rate={v}"]["validation_mean"] for v in ("3e-4", "3e-3")}
+    best = max(tried, key=tried.get)
+    combined = [name for name in rows if name.startswith("combined")]
+    if tried[best] > rows["base"]["validation_mean"]:
+        assert combined == ["combined " + json.dumps({"learning_rate": float(best)}, sort_keys=True)]
+    else:
+        assert combined == []
+    assert "validation serving MCC" in (out / "search.md").read_text()

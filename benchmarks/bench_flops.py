@@ -63,7 +63,7 @@ def head_flops(batch: int = 1) -> float:
     """FLOPs of the default head (everything after the backbone) on `batch` images, counted by FlopCounterMode."""
     backbone = dict(DINOV3_VITH16PLUS_KWARGS, num_hidden_layers=1)  # the head only needs the backbone's width
     model = RoadworkForImageClassification(RoadworkConfig(backbone_config=backbone)).eval()
-    features = torch.randn(batch, model.config.num_views, model.config.backbone_hidden_size)
+    features = torch.randn(batch, model.config.num_views, model.config.view_feature_size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(view_features=features)
     return float(counter.get_total_flops()) / batch

@@ -33,6 +33,7 @@ DEFAULT_WEATHER_VOCAB = ["sunny", "rainy", "foggy", "cloudy", "clear", "overcast
 DEFAULT_DAYTIME_VOCAB = ["day", "night", "dawn", "dusk", "light"]
 DEFAULT_SCENE_VOCAB = ["urban", "highway", "residential", "rural", "industrial", "commercial"]
 DEFAULT_SEG_CLASSES = ["cone", "barrier", "sign", "worker", "vehicle", "equipment"]
+BACKBONE_POOLINGS = ("native", "max", "native_max")
 
 _AUTO_MAP = {
     "AutoConfig": "configuration_roadwork.RoadworkConfig",
@@ -89,8 +90,14 @@ class RoadworkConfig(PretrainedConfig):
             The backbone. Defaults to DINOv3 ViT-H+/16 (`facebook/dinov3-vith16plus-pretrain-lvd1689m`).
             A `TimmWrapperConfig(architecture="convnextv2_base.fcmae_ft_in22k_in1k")` selects a timm model.
         backbone_hidden_size (`int`, *optional*):
-            Width of one pooled view feature. Read from a DINOv3 config; for timm backbones it is filled in when
-            the model is built.
+            Width of the backbone's pooled output. Read from a DINOv3 config; for timm backbones it is filled in when
+            the model is built. One view's feature (`view_feature_size`) is this, or twice it with
+            `backbone_pooling="native_max"`.
+        backbone_pooling (`str`, *optional*, defaults to `"native"`):
+            How one view's feature is pooled from the backbone: `"native"`, the backbone's own pooled output (timm's
+            global average pool, DINOv3's CLS token); `"max"`, the maximum of every channel over the spatial
+            positions (patch tokens for a ViT), so a small object that lights up one position is not averaged away;
+            `"native_max"`, both concatenated. The backbone's compute is the same for all three.
         freeze_backbone (`bool`, *optional*, defaults to `True`):
             Keep the backbone frozen (no gradients, eval mode).
         backbone_autocast_dtype (`str`, *optional*, defaults to `"auto"`):
@@ -231,6 +238,7 @@ class RoadworkConfig(PretrainedConfig):
         backbone_hidden_size: int | None = None,
         freeze_backbone: bool = True,
         backbone_autocast_dtype: str | None = "auto",
+        backbone_pooling: str = "native",
         backbone_batch_size: int | None = None,
         num_views: int = 12,
         view_size: int = 512,
@@ -289,6 +297,7 @@ class RoadworkConfig(PretrainedConfig):
         self.backbone_hidden_size = backbone_hidden_size
         self.freeze_backbone = freeze_backbone
         self.backbone_autocast_dtype = backbone_autocast_dtype
+        self.backbone_pooling = backbone_pooling
         self.backbone_batch_size = backbone_batch_size
         self.num_views = num_views
         self.view_size = view_size
@@ -363,6 +372,13 @@ class RoadworkConfig(PretrainedConfig):
         return self.num_kept_views if self.use_view_pruning else self.num_views
 
     @property
+    def view_feature_size(self) -> int | None:
+        """Width D of one view's feature, what the head reads and the cache stores (`backbone_pooling`)."""
+        if self.backbone_hidden_size is None:
+            return None
+        return self.backbone_hidden_size * (2 if self.backbone_pooling == "native_max" else 1)
+
+    @property
     def probe_floor(self) -> bool:
         """Whether the global linear path is a fitted, frozen probe (`global_linear_path_init="probe"`)."""
         return bool(self.use_global_linear_path) and self.global_linear_path_init == "probe"
@@ -425,6 +441,8 @@ class RoadworkConfig(PretrainedConfig):
                 fail(name, "loss weights must be >= 0")
         if self.consistency_target not in ("views_mean", "final"):
             fail("consistency_target", "must be 'views_mean' or 'final'")
+        if self.backbone_pooling not in BACKBONE_POOLINGS:
+            fail("backbone_pooling", f"must be one of {', '.join(BACKBONE_POOLINGS)}")
         if self.backbone_autocast_dtype not in (None, "auto", "bfloat16", "float16", "float32"):
             fail("backbone_autocast_dtype", "must be 'auto', 'bfloat16', 'float16', 'float32' or None")
         for name, positive in (("image_mean", False), ("image_std", True)):
@@ -455,4 +473,4 @@ class RoadworkConfig(PretrainedConfig):
 
 RoadworkConfig.register_for_auto_class("AutoConfig")
 
-__all__ = ["RoadworkConfig", "DINOV3_VITH16PLUS_ID", "CONVNEXTV2_BASE_ID"]
+__all__ = ["BACKBONE_POOLINGS", "RoadworkConfig", "DINOV3_VITH16PLUS_ID", "CONVNEXTV2_BASE_ID"]

@@ -44,7 +44,7 @@ class RoadworkModelOutput(ModelOutput):
             Sigmoid scores of the kept views (`None` without pruning).
         view_gates (`torch.FloatTensor` of shape `(batch_size, num_kept)`, *optional*):
             Importance gates of the view fusion (`None` without it).
-        global_view_features (`torch.FloatTensor` of shape `(batch_size, backbone_hidden_size)`):
+        global_view_features (`torch.FloatTensor` of shape `(batch_size, view_feature_size)`):
             The pooled backbone feature of the global view (view 0), before pruning: what the global linear path reads.
     """
 
@@ -229,7 +229,7 @@ class RoadworkModel(RoadworkPreTrainedModel):
         if config.backbone_hidden_size is None:
             # timm backbones: the width of the pooled features is only known once the model exists.
             config.backbone_hidden_size = int(self.backbone.timm_model.num_features)
-        D, C = config.backbone_hidden_size, config.hidden_size
+        D, C = config.view_feature_size, config.hidden_size
         self.view_pruning = (
             RoadworkViewPruning(feature_size=D, reduction=config.view_scorer_reduction, num_kept=config.num_kept_views)
             if config.use_view_pruning
@@ -295,18 +295,38 @@ class RoadworkModel(RoadworkPreTrainedModel):
             raise ValueError(f"pixel_values has {V} views but config.num_views={self.config.num_views}")
         return self.embed_images(pixel_values.flatten(0, 1)).view(B, V, -1)  # (B*V, D) -> (B, V, D)
 
-    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def embed_images(self, pixel_values: torch.Tensor, pooling: str | None = None) -> torch.Tensor:
         """
-        The backbone's pooled vector of each image, in chunks of `backbone_batch_size`, with the frozen backbone's
-        no-grad and autocast contexts. Also what a linear probe on one view reads. (N, 3, S, S) -> (N, D) float32
+        The backbone's pooled vector of each image (`pooling`, default `config.backbone_pooling`), in chunks of
+        `backbone_batch_size`, with the frozen backbone's no-grad and autocast contexts. Also what a linear probe on
+        one view reads. (N, 3, S, S) -> (N, D) float32
         """
         chunk = self.config.backbone_batch_size or max(pixel_values.shape[0], 1)
+        pooling = pooling or self.config.backbone_pooling
         outputs = []
         grad_context, autocast = self._backbone_contexts(pixel_values.device)
         with grad_context, autocast:
             for start in range(0, pixel_values.shape[0], chunk):
-                outputs.append(self.backbone(pixel_values=pixel_values[start : start + chunk]).pooler_output)
+                outputs.append(self._pool(self.backbone(pixel_values=pixel_values[start : start + chunk]), pooling))
         return torch.cat(outputs).float()
+
+    def _pool(self, output, pooling: str) -> torch.Tensor:
+        """One vector per image from the backbone's output: its own pooled output, the spatial max, or both."""
+        if pooling == "native":
+            return output.pooler_output
+        hidden = output.last_hidden_state
+        if hidden.dim() == 4:  # a CNN's feature map (N, C, h, w)
+            spatial_max = hidden.amax(dim=(2, 3))
+        else:  # a ViT's tokens (N, prefix + patches, C): the patch tokens only
+            backbone_config = self.config.backbone_config
+            if backbone_config.model_type == "dinov3_vit":
+                prefix = 1 + backbone_config.num_register_tokens  # CLS + registers
+            else:
+                prefix = int(getattr(self.backbone.timm_model, "num_prefix_tokens", 0))
+            spatial_max = hidden[:, prefix:].amax(dim=1)
+        if pooling == "max":
+            return spatial_max
+        return torch.cat([output.pooler_output, spatial_max], dim=-1)  # native_max: (N, 2 * C)
 
     def forward(
         self, pixel_values: torch.Tensor | None = None, view_features: torch.Tensor | None = None
@@ -321,11 +341,12 @@ class RoadworkModel(RoadworkPreTrainedModel):
             view_features = self.extract_view_features(pixel_values)
         if view_features.dim() != 3 or view_features.shape[1:] != (
             self.config.num_views,
-            self.config.backbone_hidden_size,
+            self.config.view_feature_size,
         ):
             raise ValueError(
-                f"view_features must have shape (batch, {self.config.num_views}, {self.config.backbone_hidden_size}) "
-                f"for this config, got {tuple(view_features.shape)}; were the features cached with another backbone?"
+                f"view_features must have shape (batch, {self.config.num_views}, {self.config.view_feature_size}) "
+                f"for this config (backbone_pooling={self.config.backbone_pooling!r}), got "
+                f"{tuple(view_features.shape)}; were the features cached with another backbone or pooling?"
             )
         view_features = view_features.to(self.input_projection.weight.dtype)
         B, V, _ = view_features.shape
@@ -390,7 +411,7 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
         )
         self.global_classifier = (
             RoadworkGlobalClassifier(
-                feature_size=config.backbone_hidden_size, num_labels=config.num_labels, zero_init=config.probe_floor
+                feature_size=config.view_feature_size, num_labels=config.num_labels, zero_init=config.probe_floor
             )
             if config.use_global_linear_path
             else None

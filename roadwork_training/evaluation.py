@@ -129,13 +129,15 @@ def single_view_features(
     batch_size: int = 16,
     num_workers: int = 0,
     cache_pass=None,
+    pooling: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     The backbone's pooled feature of view 0 (the whole image, squashed to 224x224 with the backbone's own
     normalisation) of every row -> (N, D) features and (N,) labels. `serving=True` first applies the validators'
     challenge transform, seeded exactly as the model's `serving` condition is. A `cache_pass`
     ([`~roadwork_training.feature_cache.CachePass`]) instead draws that pass's pixels (its augmentation, challenge
-    share, seed and epoch), so a probe can train on the images a model trained on.
+    share, seed and epoch), so a probe can train on the images a model trained on. `pooling` overrides
+    `config.backbone_pooling` (`"native"`: the backbone's own pooled output, whatever the model pools).
     """
     processor = RoadworkImageProcessor.from_model_config(model.config, view_size=PROBE_VIEW_SIZE)
     if cache_pass is not None:
@@ -153,7 +155,7 @@ def single_view_features(
         description = f"probe features ({cache_pass.name})"
     for batch in tqdm(_loader(dataset, collator, batch_size, num_workers), desc=description, leave=False):
         global_view = batch["pixel_values"][:, 0].to(device)  # (B, V, 3, S, S) -> view 0: (B, 3, S, S)
-        features.append(model.roadwork.embed_images(global_view).cpu().numpy())
+        features.append(model.roadwork.embed_images(global_view, pooling=pooling).cpu().numpy())
         labels.append(batch["labels"].numpy())
     return np.concatenate(features), np.concatenate(labels)
 

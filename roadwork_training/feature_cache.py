@@ -213,6 +213,9 @@ def cache_key(
         "num_rows": len(split),
         "dtype": dtype,
     }
+    pooling = getattr(config, "backbone_pooling", "native")
+    if pooling != "native":  # only then, so that caches extracted before the field existed keep their keys
+        described["backbone_pooling"] = pooling
     text = json.dumps(described, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest(), described
 
@@ -390,7 +393,7 @@ class RoadworkFeatureExtractor:
         import datasets
 
         config = _roadwork_base(self.model).config
-        shape = (config.num_views, config.backbone_hidden_size)
+        shape = (config.num_views, config.view_feature_size)
         meta = split.select(range(start, stop))
         meta = meta.remove_columns([c for c in (IMAGE_COLUMN, SEG_MASKS_COLUMN, VIEW_FEATURES_COLUMN)
                                     if c in meta.column_names])  # fmt: skip
@@ -599,7 +602,8 @@ def cached_serving_dataset(
 # --- one backbone pass for many heads -------------------------------------------------------------------------
 
 # Config fields that must agree for heads to read one backbone pass: the views' pixels and the feature shape.
-SHARED_VIEW_FIELDS = ("num_views", "view_size", "image_mean", "image_std", "resample", "backbone_hidden_size")
+SHARED_VIEW_FIELDS = ("num_views", "view_size", "image_mean", "image_std", "resample", "backbone_hidden_size",
+                      "backbone_pooling")
 
 
 class RoadworkSharedBackbone:

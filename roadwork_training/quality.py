@@ -48,7 +48,7 @@ from .metrics import classification_metrics
 logger = logging.getLogger(__name__)
 
 HARD_SPLITS = ("test_small", "test_occluded", "test_distractor")
-MODEL, PROBE_VIEW, PROBE_224 = "model", "probe_view", "probe_224"
+MODEL, PROBE_VIEW, PROBE_224, PROBE_224_NATIVE = "model", "probe_view", "probe_224", "probe_224_native"
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,11 @@ QUALITY_VARIANTS = (
                    overrides=(("num_views", 1), ("use_view_pruning", False)), keep_views=(0,)),
     QualityVariant(PROBE_VIEW, "linear probe on the global view at the model's view size (cached view 0)",
                    kind=PROBE_VIEW),
-    QualityVariant(PROBE_224, f"linear probe on the global view at {PROBE_VIEW_SIZE}x{PROBE_VIEW_SIZE}",
-                   kind=PROBE_224),
+    QualityVariant(PROBE_224, f"linear probe on the global view at {PROBE_VIEW_SIZE}x{PROBE_VIEW_SIZE}, pooled as "
+                   "the model pools its views (backbone_pooling)", kind=PROBE_224),
+    QualityVariant(PROBE_224_NATIVE, f"linear probe on the global view at {PROBE_VIEW_SIZE}x{PROBE_VIEW_SIZE}, the "
+                   "backbone's own pooled output (equal to probe_224 with backbone_pooling='native')",
+                   kind=PROBE_224_NATIVE),
 )  # fmt: skip
 QUALITY_VARIANT_NAMES = tuple(v.name for v in QUALITY_VARIANTS)
 
@@ -137,29 +140,32 @@ class QualityData:
                                vocabularies=config, augmentation="none", seed=self.seed,
                                use_metadata=False)  # fmt: skip
 
-    def probe_224_features(self, split_name: str, serving: bool, cache_dir: Path,
-                           cache_pass: CachePass | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def probe_224_features(self, split_name: str, serving: bool, cache_dir: Path, cache_pass: CachePass | None = None,
+                           pooling: str | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """
         (N, D) features of the whole image at 224 px and (N,) labels, stored as .npz beside the feature cache: the
-        clean image, the serving challenge (`serving`), or the pixels of a training `cache_pass`.
+        clean image, the serving challenge (`serving`), or the pixels of a training `cache_pass`; pooled as the model
+        pools (`config.backbone_pooling`) unless `pooling` says otherwise.
         """
+        pooling = None if pooling in (None, self.model.config.backbone_pooling) else pooling
         if cache_pass is not None:
             described = dataclasses.replace(cache_pass, name=f"probe224-{cache_pass.name}")
         else:
             described = CachePass("probe224-serving" if serving else "probe224-clean", None,
                                   "validator" if serving else None, self.seed if serving else None, 0)  # fmt: skip
-        memo = (split_name, json.dumps(dataclasses.asdict(described), sort_keys=True, default=str))
+        memo = (split_name, json.dumps(dataclasses.asdict(described), sort_keys=True, default=str), pooling)
         if memo in self._probe_224:
             return self._probe_224[memo]
         split = self.splits[split_name]
         processor = RoadworkImageProcessor.from_model_config(self.model.config, view_size=PROBE_VIEW_SIZE)
         key, _ = cache_key(self.model, processor, split, described, "float32", self.cache.extractor.fingerprint)
-        path = Path(cache_dir) / f"{described.name}-{key[:16]}.npz"
+        path = Path(cache_dir) / f"{described.name}{f'-{pooling}' if pooling else ''}-{key[:16]}.npz"
         if path.is_file():
             stored = np.load(path)
             result = (stored["features"], stored["labels"])
         else:
-            result = single_view_features(self.model, split, seed=self.seed, serving=serving, cache_pass=cache_pass)
+            result = single_view_features(self.model, split, seed=self.seed, serving=serving, cache_pass=cache_pass,
+                                          pooling=pooling)  # fmt: skip
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, features=result[0], labels=result[1])
@@ -194,8 +200,9 @@ def fit_probe(data: QualityData, kind: str, rows: Sequence[int], seed: int, eval
         if passes:
             drawn += [_view0(table, rows) for table in data.train_tables(augmenter, serving_augmentation)]
     else:
-        drawn = [data.probe_224_features("train", False, cache_dir)]
-        drawn += [data.probe_224_features("train", False, cache_dir, cache_pass=p) for p in passes]
+        pooling = "native" if kind == PROBE_224_NATIVE else None
+        drawn = [data.probe_224_features("train", False, cache_dir, pooling=pooling)]
+        drawn += [data.probe_224_features("train", False, cache_dir, cache_pass=p, pooling=pooling) for p in passes]
         drawn = [(features[rows], labels[rows]) for features, labels in drawn]
     features = np.concatenate([f for f, _ in drawn])
     labels = np.concatenate([y for _, y in drawn])
@@ -210,7 +217,7 @@ def fit_probe(data: QualityData, kind: str, rows: Sequence[int], seed: int, eval
             )
             eval_features, eval_labels = _view0(table)
         else:
-            eval_features, eval_labels = data.probe_224_features(name, serving, cache_dir)
+            eval_features, eval_labels = data.probe_224_features(name, serving, cache_dir, pooling=pooling)
         metrics = classification_metrics(probe.predict_proba(eval_features), eval_labels)
         scores[name if serving else f"{name}/clean"] = float(metrics.get("mcc", math.nan))
     return scores
@@ -301,6 +308,7 @@ def quality_table(rows: Sequence[Mapping], split_names: Sequence[str], descripti
 __all__ = [
     "HARD_SPLITS",
     "HeadRecipe",
+    "PROBE_224_NATIVE",
     "QUALITY_VARIANTS",
     "QUALITY_VARIANT_NAMES",
     "QualityData",

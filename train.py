@@ -46,7 +46,7 @@ from roadwork_training.feature_cache import FeatureCacheArguments, feature_cache
 from roadwork_training.flag_groups import AugmentationArguments, GPSConfigArguments, SyntheticArguments
 from roadwork_training.head_training import evaluate_conditions
 from roadwork_training.metrics import CONDITIONS, PRIMARY_CONDITION, format_metric
-from roadwork_training.probe_floor import apply_probe_floor, fit_global_linear_path
+from roadwork_training.probe_floor import FLOOR_CHOICES, apply_probe_floor, fit_global_linear_path
 from roadwork_training.trainer import best_evaluation
 
 
@@ -172,11 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         text_embedder=embedder, text_embed_dim=config.text_embed_dim, seg_mask_size=config.seg_resolution
     )
 
-    # Stage 5: train (with the probe floor, the global linear path is first fitted as a probe on the training rows).
-    floor = {}
-    if config.probe_floor:
-        model.to(training_args.device)  # the fit runs the backbone over view 0 of every row when nothing is cached
-        floor = fit_global_linear_path(model, train_dataset, collator, seed=training_args.seed)
+    # Stage 5: train. With the probe floor the global linear path is then fitted as a probe on the training rows,
+    # and the best of head, head + probe and probe alone on validation is kept.
     training_args.label_names = ["labels"]
     training_args.remove_unused_columns = False
     if training_args.ddp_find_unused_parameters is None:
@@ -193,7 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
         base_model=None if args.model.backbone_config else args.model.backbone,
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    floor = {}
     if config.probe_floor:
+        # On the trainer's device: the fit runs the backbone over view 0 of every row when nothing is cached.
+        floor = fit_global_linear_path(trainer.model, train_dataset, collator, seed=training_args.seed)
         floor.update(probe_floor_on_validation(trainer, conditions(splits["validation"], image_processor, config,
                                                                    training_args.seed), collator))  # fmt: skip
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
 def probe_floor_on_validation(trainer: RoadworkTrainer, validation: dict, collator) -> dict:
     """
     `apply_probe_floor` scored by the selection metric (`--metric_for_best_model`, e.g. `serving_mcc`) on the
-    validation split: the saved model is the trained one or, if it validates higher, the probe alone.
+    validation split: the saved model is the best of the head, the head plus the probe and the probe alone.
     """
     metric = (trainer.args.metric_for_best_model or f"{PRIMARY_CONDITION}_mcc").removeprefix("eval_")
     condition = next((c for c in sorted(validation, key=len, reverse=True) if metric.startswith(f"{c}_")), None)
@@ -259,10 +259,9 @@ def _summary(trainer: RoadworkTrainer, metrics: dict, seconds: float, output_dir
     test = " | ".join(f"{c} {format_metric(metrics.get(f'test_{c}_mcc'), 'mcc')}" for c in CONDITIONS)
     best_text = "not evaluated" if not best else format_metric(best_value, "mcc")
     floor = ""
-    if "probe_floor_applied" in metrics:
-        kept = "the probe alone" if metrics["probe_floor_applied"] else "the trained head"
-        floor = (f"; probe floor: {kept} kept (validation {format_metric(metrics['probe_floor_model_score'], 'mcc')} "
-                 f"trained vs {format_metric(metrics['probe_floor_probe_score'], 'mcc')} probe)")  # fmt: skip
+    if "probe_floor_choice" in metrics:
+        scores = ", ".join(f"{c} {format_metric(metrics[f'probe_floor_{c}_score'], 'mcc')}" for c in FLOOR_CHOICES)
+        floor = f"; probe floor: {metrics['probe_floor_choice']} kept (validation {scores})"
     line = (
         f"roadwork: best validation {metric.removeprefix('eval_')} {best_text} at epoch "
         f"{best.get('epoch', float('nan')):.2f}; test MCC {test}; test reward ({PRIMARY_CONDITION}) "

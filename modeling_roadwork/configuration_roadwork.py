@@ -181,14 +181,13 @@ class RoadworkConfig(PretrainedConfig):
             model, so the multi-view head learns a correction on top of it. How it trains is
             `global_linear_path_init`. A config saved without the field loads with the default.
         global_linear_path_init (`str`, *optional*, defaults to `"probe"`):
-            With `use_global_linear_path`: `"probe"` makes the path a floor by construction. Before training,
-            `roadwork_training.probe_floor.fit_global_linear_path` fits it as an L2 logistic-regression probe on the
-            training rows' global-view features and freezes it, and zeroes the classifier's last layer, so the model
-            starts as exactly that probe and the head learns the residual. After training,
-            `apply_probe_floor` keeps the probe alone (the head's residual switched off) if it scores higher on
-            validation. Until it is fitted the path is zero. `"joint"`: the path starts from `linear_init` and
-            trains jointly with the head through the summed logits (the earlier behaviour; 0.447 against 0.537
-            without the path, README "Training", head initialisation).
+            With `use_global_linear_path`: `"probe"` makes the path a floor by construction. The path is zero and
+            frozen while the head trains; then `roadwork_training.probe_floor.fit_global_linear_path` fits it as an L2
+            logistic-regression probe on the training rows' global-view features, and `apply_probe_floor` keeps the
+            best on validation of the head alone, the head plus the probe and the probe alone (train.py and the
+            benchmarks do both). `"joint"`: the path starts from `linear_init` and trains jointly with the head
+            through the summed logits (the earlier behaviour; 0.447 against 0.537 without the path, README
+            "Training", head initialisation).
         use_view_consistency (`bool`, *optional*, defaults to `True`):
             Per-view classifier and the view-consistency KL loss.
         consistency_target (`str`, *optional*, defaults to `"views_mean"`):

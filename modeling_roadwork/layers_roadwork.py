@@ -49,9 +49,9 @@ class RoadworkProjection(nn.Module):
 class RoadworkGlobalClassifier(nn.Module):
     """
     A linear probe inside the model: `layer_norm -> fc` from the pooled backbone feature of the global view (view 0,
-    before pruning) to the logits, added to the head's logits. The multi-view head then only has to learn what the
-    probe misses, and training can always fall back on the probe. Submodule names are state-dict keys
-    (`global_classifier.fc.weight`): never rename them.
+    before pruning) to the logits, added to the head's logits: trained jointly with the head, or fitted as a frozen
+    probe after it (`global_linear_path_init`), so the model can always fall back on the probe. Submodule names are
+    state-dict keys (`global_classifier.fc.weight`): never rename them.
     """
 
     def __init__(self, *, feature_size: int, num_labels: int, eps: float = 1e-5, zero_init: bool = False):

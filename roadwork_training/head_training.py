@@ -63,14 +63,12 @@ def train_head(
     `validate(model) -> score` (higher is better) runs after every epoch when given: the model ends with the weights
     of its best epoch, and with `settings.early_stopping_patience` training stops after that many epochs without a
     better score (as train.py's `load_best_model_at_end` + early stopping).
-    With `config.probe_floor` the global linear path is first fitted as a probe on `train_dataset`
-    (`probe_floor.fit_global_linear_path`), and with `validate` the probe alone replaces the trained head if it
-    validates higher (`apply_probe_floor`), as in train.py. What the floor did goes into `report` when given.
+    With `config.probe_floor` the global linear path is then fitted as a probe on `train_dataset`
+    (`probe_floor.fit_global_linear_path`), and with `validate` the best of the head, the head plus the probe and the
+    probe alone on validation is kept (`apply_probe_floor`), as in train.py; without `validate` the model is the head
+    plus the probe. What the floor did goes into `report` when given.
     """
     device = next(model.parameters()).device
-    floor = {}
-    if getattr(model.config, "probe_floor", False):
-        floor = fit_global_linear_path(model, train_dataset, collator, seed=settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     if sample_weights is not None:
         sampler = make_gps_sampler(sample_weights, num_samples=len(train_dataset), seed=settings.seed)
@@ -119,8 +117,11 @@ def train_head(
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
-    if validate is not None and floor:
-        floor.update(apply_probe_floor(model, validate))
+    floor = {}
+    if getattr(model.config, "probe_floor", False):
+        floor = fit_global_linear_path(model, train_dataset, collator, seed=settings.seed)
+        if validate is not None:
+            floor.update(apply_probe_floor(model, validate))
     if report is not None:
         report.update(floor)
     return times

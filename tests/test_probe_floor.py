@@ -15,7 +15,12 @@ import train
 from modeling_roadwork import RoadworkForImageClassification
 from roadwork_training.evaluation import LinearProbe
 from roadwork_training.head_training import HeadTrainingSettings, train_head
-from roadwork_training.probe_floor import apply_probe_floor, fit_global_linear_path, global_view_features
+from roadwork_training.probe_floor import (
+    FLOOR_CHOICES,
+    apply_probe_floor,
+    fit_global_linear_path,
+    global_view_features,
+)
 
 
 D, V = 32, 12  # the tiny backbone's width and the views
@@ -76,9 +81,14 @@ def test_unfitted_probe_path_is_zero_and_frozen_even_after_a_save_load_round_tri
         tiny_config(global_linear_path_init="ridge")
 
 
-def test_fitted_model_starts_as_exactly_the_probe_on_its_global_view():
+def test_fitted_path_is_exactly_the_probe_on_the_global_view_and_adds_to_the_head():
     dataset = _data()
     model = _floor_model()
+    with torch.no_grad():
+        model.classifier.fc2.weight.normal_(0, 1.0)  # a trained head's residual
+    test = torch.randn(40, V, D)
+    with torch.no_grad():
+        head = model(view_features=test).logits  # the unfitted path adds nothing
     info = fit_global_linear_path(model, dataset, _collate, seed=0)
     assert info["probe_rows"] == 2 * len(dataset) and info["probe_passes"] == 2
     assert dataset.epoch == 0, "the dataset is set back to epoch 0"
@@ -87,31 +97,26 @@ def test_fitted_model_starts_as_exactly_the_probe_on_its_global_view():
     np.testing.assert_array_equal(features[: len(dataset)], dataset.features[0, :, 0].numpy())
     with torch.no_grad():
         normed = model.global_classifier.layer_norm(torch.from_numpy(features)).numpy()
-    probe = LinearProbe.fit(normed, labels, seed=0)
-    test = torch.randn(40, V, D)
-    with torch.no_grad():
-        out = model(view_features=test)
+        probe = LinearProbe.fit(normed, labels, seed=0)
         path = model.global_classifier(test[:, 0])
         expected = probe.predict_proba(model.global_classifier.layer_norm(test[:, 0]).numpy())
-    torch.testing.assert_close(out.logits, path, rtol=0, atol=1e-6)  # the head's residual starts at zero
-    np.testing.assert_allclose(out.logits.softmax(-1)[:, 1].numpy(), expected, atol=1e-5)
+        torch.testing.assert_close(model(view_features=test).logits, head + path)
+    np.testing.assert_allclose(path.softmax(-1)[:, 1].numpy(), expected, atol=1e-5)
     assert info["probe_train_mcc"] > 0.5, "view 0 predicts these labels"
+    assert not any(p.requires_grad for p in model.global_classifier.parameters())
 
 
-def test_after_the_fit_gradients_reach_the_head_but_not_the_probe():
+def test_while_the_head_trains_the_path_gets_no_gradient_and_stays_zero():
     dataset = _data()
     model = _floor_model()
-    fit_global_linear_path(model, dataset, _collate)
-    frozen = {k: v.clone() for k, v in model.global_classifier.state_dict().items()}
     model.train()
-    batch = _collate([dataset[i] for i in range(16)])
-    model(**batch).loss.backward()
+    model(**_collate([dataset[i] for i in range(16)])).loss.backward()
     assert all(p.grad is None for p in model.global_classifier.parameters())
     assert model.classifier.fc2.weight.grad.abs().sum() > 0
     train_head(model, dataset, _collate, HeadTrainingSettings(num_train_epochs=2, per_device_train_batch_size=16))
-    for key, value in model.global_classifier.state_dict().items():
-        torch.testing.assert_close(value, frozen[key], rtol=0, atol=0)
-    assert model.classifier.fc2.weight.abs().sum() > 0, "the head learned a residual"
+    # Without validation train_head fits the probe at the end and serves head + probe.
+    assert torch.count_nonzero(model.global_classifier.fc.weight) > 0
+    assert torch.count_nonzero(model.classifier.fc2.weight) > 0
 
 
 def _mcc(model, dataset) -> float:
@@ -123,37 +128,47 @@ def _mcc(model, dataset) -> float:
     return classification_metrics(probabilities, batch["labels"].numpy())["mcc"]
 
 
-def test_floor_keeps_the_probe_when_the_trained_head_validates_lower():
+def test_floor_keeps_the_probe_alone_when_the_head_validates_lower():
     train_set, validation = _data(seed=0), _data(seed=1, noise=0.0)
     model = _floor_model()
-    fit_global_linear_path(model, train_set, _collate)
-    probe_mcc = _mcc(model, validation)
     with torch.no_grad():  # a head that learned noise: large random residual logits
         model.classifier.fc2.weight.normal_(0, 50.0)
-    assert _mcc(model, validation) < probe_mcc
+    head_mcc = _mcc(model, validation)
+    fit_global_linear_path(model, train_set, _collate)
     result = apply_probe_floor(model, lambda m: _mcc(m, validation))
-    assert result["floor_applied"] is True
-    assert result["floor_probe_score"] == pytest.approx(probe_mcc)
+    assert result["floor_choice"] == "probe"
+    assert result["floor_head_score"] == pytest.approx(head_mcc)
+    assert result["floor_probe_score"] > max(result["floor_head_score"], result["floor_head+probe_score"])
     assert torch.count_nonzero(model.classifier.fc2.weight) == 0
-    assert _mcc(model, validation) == pytest.approx(probe_mcc)
+    assert _mcc(model, validation) == pytest.approx(result["floor_probe_score"])
 
 
-def test_floor_keeps_the_trained_head_when_it_validates_at_least_as_high():
+def test_floor_keeps_the_head_or_the_sum_with_their_weights_restored_exactly():
     dataset = _data()
     model = _floor_model()
     fit_global_linear_path(model, dataset, _collate)
     with torch.no_grad():
         model.classifier.fc2.weight.normal_(0, 1.0)
         model.classifier.fc2.bias.fill_(0.25)
-    trained = {k: v.clone() for k, v in model.classifier.fc2.state_dict().items()}
-    # A score that prefers any non-zero residual: the trained head wins, and its weights are restored exactly.
-    result = apply_probe_floor(model, lambda m: float(m.classifier.fc2.weight.abs().sum()))
-    assert result["floor_applied"] is False and result["floor_model_score"] > result["floor_probe_score"] == 0
-    for key, value in model.classifier.fc2.state_dict().items():
-        torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
-    # NaN (an undefined metric) counts as the worst score: the probe wins over a NaN head.
-    calls = iter([math.nan, 0.1])
-    assert apply_probe_floor(model, lambda m: next(calls))["floor_applied"] is True
+    trained = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("roadwork.backbone.")}
+
+    def norms(m) -> tuple[float, float]:
+        return float(m.classifier.fc2.weight.abs().sum()), float(m.global_classifier.fc.weight.abs().sum())
+
+    # A score that wants the head's weights and not the path's: the head alone; then one that wants both: the sum.
+    result = apply_probe_floor(model, lambda m: norms(m)[0] - norms(m)[1])
+    assert result["floor_choice"] == "head" and torch.count_nonzero(model.global_classifier.fc.weight) == 0
+    model.load_state_dict(trained, strict=False)
+    assert apply_probe_floor(model, lambda m: min(norms(m)))["floor_choice"] == "head+probe"
+    for key, value in model.state_dict().items():
+        if key in trained:
+            torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
+    # A tie goes to the head; NaN (an undefined metric) counts as the worst score.
+    model.load_state_dict(trained, strict=False)
+    assert apply_probe_floor(model, lambda m: 0.5)["floor_choice"] == "head"
+    calls = iter([math.nan, math.nan, 0.1])
+    result = apply_probe_floor(model, lambda m: next(calls))
+    assert result["floor_choice"] == "probe" and result["floor_head_score"] is None
     assert apply_probe_floor(RoadworkForImageClassification(tiny_config()), lambda m: 1.0) == {}
 
 
@@ -165,8 +180,9 @@ def test_train_head_fits_the_probe_and_reports_the_floor():
     train_head(model, dataset, _collate, HeadTrainingSettings(num_train_epochs=2, per_device_train_batch_size=16),
                validate=lambda m: _mcc(m, validation), report=report)  # fmt: skip
     assert report["probe_rows"] == 2 * len(dataset)
-    assert set(report) >= {"floor_model_score", "floor_probe_score", "floor_applied"}
-    assert _mcc(model, validation) == pytest.approx(max(report["floor_model_score"], report["floor_probe_score"]))
+    assert report["floor_choice"] in FLOOR_CHOICES
+    best = max(report[f"floor_{c}_score"] for c in FLOOR_CHOICES)
+    assert _mcc(model, validation) == pytest.approx(best)
 
 
 def test_fit_refuses_a_model_without_the_probe_floor():
@@ -177,19 +193,20 @@ def test_fit_refuses_a_model_without_the_probe_floor():
 
 @pytest.mark.slow
 def test_train_py_fits_the_probe_end_to_end_and_records_the_floor(roadwork_cache, tmp_path, monkeypatch, capsys):  # noqa: F811
-    """train.py end to end (pixels, no cache): the probe is fitted from the backbone's view 0, the floor decided on
-    validation, and both land in all_results.json and the summary line."""
+    """train.py end to end (pixels, no cache): the probe is fitted from the backbone's view 0 after training, the
+    floor decided on validation, and both land in all_results.json, the summary line and the saved weights."""
     monkeypatch.setenv("ROADWORK_CACHE", str(roadwork_cache))
     out = tmp_path / "run"
     summary = train.main([*TINY_ARGS, "--model_overrides", '{"use_global_linear_path": true}', "--num_train_epochs",
                           "2", "--augmentation_strength", "none", "--output_dir", str(out)])  # fmt: skip
     results = read_json(out / "all_results.json")
     assert results["probe_floor_probe_rows"] == 40 and results["probe_floor_probe_passes"] == 1
-    assert isinstance(results["probe_floor_applied"], bool)
-    assert summary["metrics"]["probe_floor_applied"] == results["probe_floor_applied"]
-    kept = "the probe alone" if results["probe_floor_applied"] else "the trained head"
-    assert f"probe floor: {kept} kept" in capsys.readouterr().out
+    assert results["probe_floor_choice"] in FLOOR_CHOICES
+    assert summary["metrics"]["probe_floor_choice"] == results["probe_floor_choice"]
+    assert f"probe floor: {results['probe_floor_choice']} kept (validation head " in capsys.readouterr().out
     loaded = RoadworkForImageClassification.from_pretrained(out)
-    assert loaded.config.probe_floor and torch.count_nonzero(loaded.global_classifier.fc.weight) > 0
-    if results["probe_floor_applied"]:
-        assert torch.count_nonzero(loaded.classifier.fc2.weight) == 0
+    assert loaded.config.probe_floor
+    path_on = torch.count_nonzero(loaded.global_classifier.fc.weight) > 0
+    head_on = torch.count_nonzero(loaded.classifier.fc2.weight) > 0
+    assert (head_on, path_on) == {"head": (True, False), "head+probe": (True, True),
+                                  "probe": (False, True)}[results["probe_floor_choice"]]  # fmt: skip

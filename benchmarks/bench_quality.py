@@ -62,17 +62,18 @@ DEFAULT_VARIANTS = ("full", "full_linear_path", "global_view_only", PROBE_VIEW, 
 TARGET = 0.1
 
 # The small-data search: one knob at a time from the --config recipe; each value is a (recipe field, value) list.
-# Model widths move together (hidden 128 = the cache quickstart's).
+# Model widths move together (hidden 128 = the cache quickstart's). A value that is the recipe's own is skipped.
 SEARCH_SPACE = {
     "width": {"64": {"hidden_size": 64, "fusion_hidden_size": 64, "classifier_hidden_size": 32},
               "256": {"hidden_size": 256, "fusion_hidden_size": 256, "classifier_hidden_size": 128}},
     "depth": {"0": {"num_attention_layers": 0}, "1": {"num_attention_layers": 1}, "4": {"num_attention_layers": 4}},
     "dropout": {"0.0": {"hidden_dropout": 0.0, "attention_dropout": 0.0},
-                "0.3": {"hidden_dropout": 0.3, "attention_dropout": 0.3}},
+                "0.1": {"hidden_dropout": 0.1, "attention_dropout": 0.1},
+                "0.5": {"hidden_dropout": 0.5, "attention_dropout": 0.5}},
     "weight_decay": {"0.0": {"weight_decay": 0.0}, "0.1": {"weight_decay": 0.1}},
     "learning_rate": {"3e-4": {"learning_rate": 3e-4}, "3e-3": {"learning_rate": 3e-3}},
     "epochs": {"8": {"num_train_epochs": 8}, "16": {"num_train_epochs": 16}},
-    "early_stopping": {"on": {"early_stopping": True}},
+    "early_stopping": {"off": {"early_stopping": False}, "on": {"early_stopping": True}},
     "augmentation": {"none": {"augmentation_strength": "none"}, "heavy": {"augmentation_strength": "heavy"}},
     "serving_augmentation": {"0.0": {"serving_augmentation": 0.0}, "0.5": {"serving_augmentation": 0.5},
                              "1.0": {"serving_augmentation": 1.0}},
@@ -189,6 +190,22 @@ def run_variants(data, base_config, recipe, rows, args, names, collator, device,
     return runs
 
 
+def is_base_recipe(changes: dict, base_config, args, augmentation, data_args) -> bool:
+    """Whether every field that `changes` sets already has that value in the --config recipe."""
+    current = {"augmentation_strength": augmentation.strength, "serving_augmentation": data_args.serving_augmentation,
+               "early_stopping": args.early_stopping}  # fmt: skip
+    for name, value in changes.items():
+        if name in current:
+            here = current[name]
+        elif name in SETTINGS_FIELDS:
+            here = getattr(args, name)
+        else:
+            here = getattr(base_config, name)
+        if here != value:
+            return False
+    return True
+
+
 SEARCH_SPLITS = ("validation", "test")  # the search selects on validation and reports test beside it
 
 
@@ -206,6 +223,9 @@ def search(data, base_config, args, augmentation, data_args, rows, collator, dev
         values = SEARCH_SPACE[knob]
         best_label, best_score = None, base_score
         for value, changes in values.items():
+            if is_base_recipe(changes, base_config, args, augmentation, data_args):
+                logger.info("search: %s=%s is the recipe's own value: skipped", knob, value)
+                continue
             label = f"{knob}={value}"
             recipe = recipe_from(args, augmentation, data_args, changes)
             mine = run_variants(data, base_config, recipe, rows, args, ["full"], collator, device, label=label)

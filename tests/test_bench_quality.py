@@ -180,3 +180,25 @@ def test_recipe_search_selects_on_validation_and_reports_test_beside_it(tmp_path
     else:
         assert combined == []
     assert "validation serving MCC" in (out / "search.md").read_text()
+
+
+def test_search_skips_the_recipes_own_values():
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_quality", bench)  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(bench)
+    config = SimpleNamespace(hidden_dropout=0.3, attention_dropout=0.3, num_attention_layers=2, hidden_size=128,
+                             fusion_hidden_size=128, classifier_hidden_size=64)  # fmt: skip
+    args = SimpleNamespace(learning_rate=1e-3, early_stopping=True, num_train_epochs=30, weight_decay=0.01)
+    augmentation, data = SimpleNamespace(strength="light"), SimpleNamespace(serving_augmentation=1.0)
+    space = bench.SEARCH_SPACE
+    own = [(k, v) for k in space for v, c in space[k].items() if bench.is_base_recipe(c, config, args, augmentation,
+                                                                                        data)]  # fmt: skip
+    # With dropout 0.3, early stopping on and a full challenge share, exactly these two values are the recipe's.
+    assert sorted(own) == [("early_stopping", "on"), ("serving_augmentation", "1.0")]
+    config.hidden_dropout = config.attention_dropout = 0.1
+    assert bench.is_base_recipe(space["dropout"]["0.1"], config, args, augmentation, data)
+    assert not bench.is_base_recipe(space["learning_rate"]["3e-3"], config, args, augmentation, data)

@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"Data: {data_args.dataset}, trained on {len(splits['train'])} rows, evaluated on the {data_args.test_split} "
         f"split ({len(target)} rows, {int((labels == 1).sum())} roadwork / {int((labels == 0).sum())} none); backbone "
         f"{backbone_label}, "
-        f"{base.config.num_views} views at {base.config.view_size} px; {args.num_train_epochs} epochs, "
+        f"{base.config.num_views} views at {base.config.view_size} px, backbone_pooling "
+        f"{base.config.backbone_pooling}; {args.num_train_epochs} epochs, "
         f"{cache.num_passes} cached augmentation pass(es); seeds {args.seed}..{args.seed + args.seeds - 1}."
     )
     table = markdown_table(rows, data_line)

@@ -175,7 +175,7 @@ class RoadworkConfig(PretrainedConfig):
             Width of the vision + metadata fusion layer.
         classifier_hidden_size (`int`, *optional*, defaults to 256):
             Hidden width of the classifier and of the weather head.
-        use_global_linear_path (`bool`, *optional*, defaults to `False`):
+        use_global_linear_path (`bool`, *optional*, defaults to `True`):
             A linear path (`global_classifier`: LayerNorm + Linear) from the pooled backbone feature of the global
             view (view 0, before pruning) to the logits, added to the classifier's logits: a linear probe inside the
             model, so the multi-view head learns a correction on top of it. How it trains is
@@ -271,7 +271,7 @@ class RoadworkConfig(PretrainedConfig):
         text_projection_dim: int = 384,
         fusion_hidden_size: int = 512,
         classifier_hidden_size: int = 256,
-        use_global_linear_path: bool = False,
+        use_global_linear_path: bool = True,
         use_view_consistency: bool = True,
         consistency_target: str = "views_mean",
         use_weather_head: bool = True,

@@ -198,9 +198,13 @@ class CachePass:
 
 
 def cache_key(
-    model, image_processor, split, cache_pass: CachePass, dtype: str = "float16", fingerprint: str | None = None
+    model, image_processor, split, cache_pass: CachePass, dtype: str = "float16", fingerprint: str | None = None,
+    pooling: str | None = None,
 ) -> tuple[str, dict]:
-    """-> (hex key, the mapping it hashes). `fingerprint` is `backbone_fingerprint(model)` when already known."""
+    """
+    -> (hex key, the mapping it hashes). `fingerprint` is `backbone_fingerprint(model)` when already known; `pooling`
+    keys features pooled otherwise than `config.backbone_pooling` (a probe's).
+    """
     config = _roadwork_base(model).config
     described = {
         "format": CACHE_FORMAT_VERSION,
@@ -213,7 +217,7 @@ def cache_key(
         "num_rows": len(split),
         "dtype": dtype,
     }
-    pooling = getattr(config, "backbone_pooling", "native")
+    pooling = pooling or getattr(config, "backbone_pooling", "native")
     if pooling != "native":  # only then, so that caches extracted before the field existed keep their keys
         described["backbone_pooling"] = pooling
     text = json.dumps(described, sort_keys=True, default=str)

@@ -147,7 +147,7 @@ class QualityData:
         clean image, the serving challenge (`serving`), or the pixels of a training `cache_pass`; pooled as the model
         pools (`config.backbone_pooling`) unless `pooling` says otherwise.
         """
-        pooling = None if pooling in (None, self.model.config.backbone_pooling) else pooling
+        pooling = pooling or self.model.config.backbone_pooling
         if cache_pass is not None:
             described = dataclasses.replace(cache_pass, name=f"probe224-{cache_pass.name}")
         else:
@@ -158,8 +158,9 @@ class QualityData:
             return self._probe_224[memo]
         split = self.splits[split_name]
         processor = RoadworkImageProcessor.from_model_config(self.model.config, view_size=PROBE_VIEW_SIZE)
-        key, _ = cache_key(self.model, processor, split, described, "float32", self.cache.extractor.fingerprint)
-        path = Path(cache_dir) / f"{described.name}{f'-{pooling}' if pooling else ''}-{key[:16]}.npz"
+        key, _ = cache_key(self.model, processor, split, described, "float32", self.cache.extractor.fingerprint,
+                           pooling=pooling)  # fmt: skip
+        path = Path(cache_dir) / f"{described.name}-{key[:16]}.npz"  # the key names the pooling (native: as before)
         if path.is_file():
             stored = np.load(path)
             result = (stored["features"], stored["labels"])

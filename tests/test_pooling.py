@@ -69,3 +69,8 @@ def test_cache_key_names_the_pooling_and_keeps_native_keys_as_before():
                                              fingerprint="f")  # fmt: skip
         assert ("backbone_pooling" in described) == (pooling != "native"), "native keys stay as they were"
     assert len(set(keys.values())) == 3
+    # A probe's pooling override keys its features as a model of that pooling would: they are the same features.
+    native_model, max_model = _model("dinov3", "native"), _model("dinov3", "max")
+    as_native = cache_key(max_model, processor, split, CachePass.clean(), fingerprint="f", pooling="native")[0]
+    as_max = cache_key(native_model, processor, split, CachePass.clean(), fingerprint="f", pooling="max")[0]
+    assert (as_native, as_max) == (keys["native"], keys["max"])

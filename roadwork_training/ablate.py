@@ -76,8 +76,8 @@ ABLATIONS = (
     Ablation("global_linear_path", "with the linear path from the global view to the logits, trained jointly "
              "(use_global_linear_path=True, global_linear_path_init='joint')",
              (("use_global_linear_path", True), ("global_linear_path_init", "joint"))),
-    Ablation("probe_floor", "with the linear path fitted as a frozen probe, the head learning the residual "
-             "(use_global_linear_path=True, global_linear_path_init='probe'; no validation fall-back here)",
+    Ablation("probe_floor", "with the linear path fitted as a frozen probe after training, head + probe "
+             "(use_global_linear_path=True, global_linear_path_init='probe'; no validation choice here)",
              (("use_global_linear_path", True), ("global_linear_path_init", "probe"))),
     Ablation(PROBE_VIEW, "no head: a linear probe on the global view at the model's view size (cached view 0); "
              "metadata column = clean images", kind=PROBE_VIEW),

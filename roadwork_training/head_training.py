@@ -8,6 +8,7 @@ AdamW on the trainable parameters, linear warm-up then cosine decay, gradient cl
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -136,9 +137,11 @@ def evaluate_conditions(model, datasets: Mapping[str, object], collator, batch_s
     for condition, dataset in datasets.items():
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
         logits, labels = [], []
+        accepted = inspect.signature(model.forward).parameters
         for batch in loader:
             labels.append(batch.pop("labels").numpy())
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            # Only the model's inputs: a collator may add bookkeeping keys, which Trainer would also drop.
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k in accepted}
             logits.append(model(**batch).logits.float().cpu().numpy())
         results[condition] = classification_metrics(roadwork_probabilities(np.concatenate(logits)),
                                                     np.concatenate(labels))  # fmt: skip

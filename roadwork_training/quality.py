@@ -7,9 +7,9 @@ split and on the synthetic hard splits (`test_small`: roadwork under 1 % of the 
 
 - `full`: the model as configured (12 views, pruning, attention, fusion; the global linear path only when the config
   has it on, off by default); `full_no_linear_path` / `full_linear_path`: the same with `use_global_linear_path`
-  switched (the path trained jointly); `full_probe_floor`: the path fitted as a frozen probe, the head learning the
-  residual, and the probe alone kept where it validates higher (`probe_floor`; needs `--early_stopping` for the
-  fall-back, which scores on validation).
+  switched (the path trained jointly); `full_probe_floor`: after training the path is fitted as a frozen probe and the
+  best of head, head + probe and probe alone on validation is kept (`probe_floor`; the choice needs
+  `--early_stopping`, which scores on validation; without it the model is head + probe).
 - `global_view_only`: the same head on the global view's features alone (`keep_views=(0,)`, one view, no pruning).
 - `probe_view`: `LinearProbe` (standardised features + logistic regression) on the pooled feature of the global
   view at the model's own view size, read from the cache (view 0 is the whole image resized to `view_size`):
@@ -69,8 +69,8 @@ QUALITY_VARIANTS = (
     QualityVariant("full_linear_path", "the model with the global linear path trained jointly "
                    "(use_global_linear_path=True, global_linear_path_init='joint')",
                    overrides=(("use_global_linear_path", True), ("global_linear_path_init", "joint"))),
-    QualityVariant("full_probe_floor", "the model on the probe floor: the path fitted as a frozen probe, the head "
-                   "learning the residual, the probe alone kept if it validates higher",
+    QualityVariant("full_probe_floor", "the model on the probe floor: after training the path is fitted as a frozen "
+                   "probe and the best of head, head + probe and probe alone on validation is kept",
                    overrides=(("use_global_linear_path", True), ("global_linear_path_init", "probe"))),
     QualityVariant("global_view_only", "the same head on the global view alone (num_views=1, no pruning)",
                    overrides=(("num_views", 1), ("use_view_pruning", False)), keep_views=(0,)),

@@ -138,8 +138,9 @@ def test_adapter_targets_match_the_head_only(tiny_model):
         + [f"roadwork.view_fusion.{a}.{p}" for a in ("cross_view_attention", "refinement_attention")
            for p in ("qkv_proj", "out_proj")]
     )  # fmt: skip
-    # PEFT matches modules_to_save as a plain suffix: the auxiliary classifiers train too, and we say so.
-    heads = ["classifier", "view_classifier", "weather_classifier"]
+    # PEFT matches modules_to_save as a plain suffix: the auxiliary classifiers and the probe floor's path train too,
+    # and we say so.
+    heads = ["classifier", "global_classifier", "view_classifier", "weather_classifier"]
     assert sorted(found["trained_heads"]) == heads
 
 

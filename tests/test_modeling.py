@@ -142,8 +142,9 @@ def test_bad_inputs_raise_clear_errors():
 # ---------------------------------------------------------------------------------------------- global linear path
 
 
-def test_global_linear_path_is_off_by_default_and_adds_a_probe_on_view_zero_to_the_head_logits():
-    assert not _model().config.use_global_linear_path and _model().global_classifier is None
+def test_global_linear_path_is_a_probe_floor_by_default_and_adds_a_probe_on_view_zero_to_the_head_logits():
+    assert _model().config.probe_floor and _model().global_classifier is not None
+    assert _model(use_global_linear_path=False).global_classifier is None
     model = _model(use_global_linear_path=True, global_linear_path_init="joint")
     assert model.global_classifier is not None
     features = torch.randn(3, 12, 32)
@@ -227,11 +228,28 @@ def test_config_saved_without_the_linear_path_field_loads(tmp_path):
     del saved["use_global_linear_path"]  # a config written before the field existed
     config_file.write_text(json.dumps(saved))
     config = RoadworkConfig.from_pretrained(tmp_path)
-    assert config.use_global_linear_path is False  # the default
+    assert config.use_global_linear_path is True  # the default
     loaded = RoadworkForImageClassification.from_pretrained(tmp_path)
-    assert loaded.global_classifier is None
+    assert loaded.global_classifier is not None
     with torch.no_grad():
         assert torch.isfinite(loaded(view_features=torch.randn(2, 12, 32)).logits).all()
+
+
+def test_checkpoint_from_before_the_probe_floor_loads_with_a_zero_path_and_unchanged_logits(tmp_path):
+    """A checkpoint saved without the path (use_global_linear_path false, the old default) and without the field:
+    it loads with the probe floor on, its missing path initialised to zero, so its predictions are unchanged."""
+    old = _model(use_global_linear_path=False)
+    old.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["use_global_linear_path"], saved["global_linear_path_init"]
+    config_file.write_text(json.dumps(saved))
+    loaded = RoadworkForImageClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.probe_floor
+    assert torch.count_nonzero(loaded.global_classifier.fc.weight) == 0
+    features = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(view_features=features).logits, old(view_features=features).logits)
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -288,7 +306,7 @@ def test_gradients_reach_null_embeddings_gates_and_head_but_not_backbone():
     assert model.roadwork.attention_layers[0].gate_proj.weight.grad.abs().sum() > 0
     assert model.roadwork.view_pruning.scorer.fc1.weight.grad.abs().sum() > 0, "the view scorer trains"
     for name, parameter in model.named_parameters():
-        if name.startswith("roadwork.backbone."):
+        if name.startswith(("roadwork.backbone.", "global_classifier.")):  # frozen: the backbone, the probe floor
             assert not parameter.requires_grad and parameter.grad is None, name
         else:
             assert parameter.requires_grad and parameter.grad is not None, name
@@ -446,7 +464,9 @@ def test_save_and_load_round_trip_is_identical_and_backbone_stays_frozen(tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values=pixels, **meta).logits, expected, rtol=0, atol=0)
     assert not any(p.requires_grad for p in loaded.roadwork.backbone.parameters())
-    assert all(p.requires_grad for n, p in loaded.named_parameters() if not n.startswith("roadwork.backbone."))
+    assert all(p.requires_grad for n, p in loaded.named_parameters()
+               if not n.startswith(("roadwork.backbone.", "global_classifier.")))  # fmt: skip
+    assert not any(p.requires_grad for p in loaded.global_classifier.parameters()), "the probe floor stays frozen"
 
 
 def test_checkpoint_ships_every_module_of_the_package(tmp_path):

@@ -169,7 +169,8 @@ def test_floor_keeps_the_head_or_the_sum_with_their_weights_restored_exactly():
     calls = iter([math.nan, math.nan, 0.1])
     result = apply_probe_floor(model, lambda m: next(calls))
     assert result["floor_choice"] == "probe" and result["floor_head_score"] is None
-    assert apply_probe_floor(RoadworkForImageClassification(tiny_config()), lambda m: 1.0) == {}
+    assert apply_probe_floor(RoadworkForImageClassification(tiny_config(use_global_linear_path=False)),
+                             lambda m: 1.0) == {}
 
 
 def test_train_head_fits_the_probe_and_reports_the_floor():
@@ -188,7 +189,8 @@ def test_train_head_fits_the_probe_and_reports_the_floor():
 def test_fit_refuses_a_model_without_the_probe_floor():
     dataset = _data()
     with pytest.raises(ValueError, match="global_linear_path_init='probe'"):
-        fit_global_linear_path(RoadworkForImageClassification(tiny_config()), dataset, _collate)
+        fit_global_linear_path(RoadworkForImageClassification(tiny_config(use_global_linear_path=False)), dataset,
+                               _collate)
 
 
 @pytest.mark.slow

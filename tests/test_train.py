@@ -54,7 +54,9 @@ _NUMBER = r"-?\d+\.\d{4}|undefined \(one class\)|not evaluated|-"
 SUMMARY_RE = re.compile(
     rf"^roadwork: best validation serving_mcc (?P<best>{_NUMBER}) at epoch (?P<epoch>\d+\.\d{{2}}|nan); "
     rf"test MCC serving (?P<serving>{_NUMBER}) \| no_metadata (?P<no_metadata>{_NUMBER}) \| metadata "
-    rf"(?P<metadata>{_NUMBER}); test reward \(serving\) (?P<reward>{_NUMBER}); wall time (?P<minutes>\d+\.\d) min; "
+    rf"(?P<metadata>{_NUMBER}); test reward \(serving\) (?P<reward>{_NUMBER})"
+    rf"(?:; probe floor: (?P<floor>head|head\+probe|probe) kept \(validation head (?:{_NUMBER}), head\+probe "
+    rf"(?:{_NUMBER}), probe (?:{_NUMBER})\))?; wall time (?P<minutes>\d+\.\d) min; "
     r"checkpoint (?P<checkpoint>.+)$",
     re.MULTILINE,
 )

@@ -58,7 +58,8 @@ from roadwork_training.quality import (  # noqa: E402
 
 logger = logging.getLogger("roadwork.bench_quality")
 
-DEFAULT_VARIANTS = ("full", "full_linear_path", "global_view_only", PROBE_VIEW, PROBE_224)
+DEFAULT_VARIANTS = ("full", "full_no_linear_path", "full_linear_path", "global_view_only", PROBE_VIEW, PROBE_224,
+                    PROBE_224_NATIVE)  # fmt: skip
 TARGET = 0.1
 
 # The small-data search: one knob at a time from the --config recipe; each value is a (recipe field, value) list.

@@ -64,7 +64,8 @@ class QualityVariant:
 
 QUALITY_VARIANTS = (
     QualityVariant("full", "the multi-view model as configured"),
-    QualityVariant("full_no_linear_path", "the model without the global linear path (use_global_linear_path=False)",
+    QualityVariant("full_no_linear_path", "the head alone: no global linear path, so no probe floor "
+                   "(use_global_linear_path=False)",
                    overrides=(("use_global_linear_path", False),)),
     QualityVariant("full_linear_path", "the model with the global linear path trained jointly "
                    "(use_global_linear_path=True, global_linear_path_init='joint')",

@@ -71,9 +71,13 @@ def test_bench_quality_prints_the_json_line(tmp_path):
     assert isinstance(result["value"], float) and result["probe"] in ("probe_view", "probe_224")
     assert set(result["margins"]) == {"test", "test_small", "test_occluded", "test_distractor"}
     stored = json.loads((out / "quality.json").read_text())
-    assert [r["variant"] for r in stored["rows"]] == ["full", "full_linear_path", "global_view_only", "probe_view",
-                                                      "probe_224"]  # fmt: skip
-    assert all(r["seeds"] == 2 for r in stored["rows"]) and len(stored["runs"]) == 10
+    assert [r["variant"] for r in stored["rows"]] == ["full", "full_no_linear_path", "full_linear_path",
+                                                      "global_view_only", "probe_view", "probe_224",
+                                                      "probe_224_native"]  # fmt: skip
+    assert all(r["seeds"] == 2 for r in stored["rows"]) and len(stored["runs"]) == 14
+    # With the backbone's own pooling (the default) the two 224 px probes read the same features.
+    by_variant = {r["variant"]: r for r in stored["rows"]}
+    assert by_variant["probe_224"]["test_mean"] == by_variant["probe_224_native"]["test_mean"]
     assert "| probe_224 |" in (out / "quality.md").read_text()
 
 

@@ -210,14 +210,16 @@ def is_base_recipe(changes: dict, base_config, args, augmentation, data_args) ->
 SEARCH_SPLITS = ("validation", "test")  # the search selects on validation and reports test beside it
 
 
-def search(data, base_config, args, augmentation, data_args, rows, collator, device) -> list[dict]:
+def search(data, base_config, args, augmentation, data_args, rows, collator, device) -> tuple[list[dict], dict]:
     """
     One knob at a time from the base recipe, then the winners together; full model. A value wins when its mean
     validation serving MCC beats the best so far (selection never sees the test split, which is reported beside it).
+    Returns the runs and, per row label, what that row changed from the recipe (the table's "what it is" column).
     """
     args = dataclasses.replace(args, eval_splits=list(SEARCH_SPLITS))
     runs = run_variants(data, base_config, recipe_from(args, augmentation, data_args), rows, args, ["full"], collator,
                         device, label="base")  # fmt: skip
+    descriptions = {"base": "the --config recipe, full model"}
     base_score = summarise_runs(runs, ["validation"], key="variant")[0]["validation_mean"]
     winners = {}
     for knob in args.search_knobs:
@@ -228,6 +230,7 @@ def search(data, base_config, args, augmentation, data_args, rows, collator, dev
                 logger.info("search: %s=%s is the recipe's own value: skipped", knob, value)
                 continue
             label = f"{knob}={value}"
+            descriptions[label] = "recipe with " + ", ".join(f"{k}={v}" for k, v in changes.items())
             recipe = recipe_from(args, augmentation, data_args, changes)
             mine = run_variants(data, base_config, recipe, rows, args, ["full"], collator, device, label=label)
             runs += mine
@@ -239,9 +242,10 @@ def search(data, base_config, args, augmentation, data_args, rows, collator, dev
             logger.info("search: %s=%s wins (%.3f vs base %.3f)", knob, best_label, best_score, base_score)
     if winners:
         recipe = recipe_from(args, augmentation, data_args, winners)
-        runs += run_variants(data, base_config, recipe, rows, args, ["full"], collator, device,
-                             label="combined " + json.dumps(winners, sort_keys=True))  # fmt: skip
-    return runs
+        label = "combined " + json.dumps(winners, sort_keys=True)
+        descriptions[label] = "every knob's winning value together"
+        runs += run_variants(data, base_config, recipe, rows, args, ["full"], collator, device, label=label)
+    return runs, descriptions
 
 
 def main(argv=None) -> dict:
@@ -265,16 +269,16 @@ def main(argv=None) -> dict:
 
     # Stage 2: every contender over the seeds (or the recipe search).
     if args.search:
-        runs = search(data, base.config, args, augmentation, data_args, rows, collator, state.device)
+        runs, descriptions = search(data, base.config, args, augmentation, data_args, rows, collator, state.device)
         split_names, name = list(SEARCH_SPLITS), "search"
     else:
         recipe = recipe_from(args, augmentation, data_args)
         runs = run_variants(data, base.config, recipe, rows, args, args.variants, collator, state.device)
         split_names, name = args.eval_splits, "quality"
+        descriptions = {v: variant(v).description for v in args.variants}
 
     # Stage 3: the table, the JSON line.
     summary = summarise_runs(runs, split_names)
-    descriptions = {v: variant(v).description for v in args.variants}
     sizes = {s: len(splits[s]) for s in split_names}
     data_line = (
         f"Serving MCC (no metadata, validator challenge transform, round(p)), mean +- std over seeds "

@@ -25,6 +25,29 @@ def _splits_with_conditions(metrics: Mapping[str, float]) -> list[str]:
     return sorted(splits, key=lambda name: (order.get(name, 2), splits.index(name)))
 
 
+def _probe_floor_section(floor: Mapping[str, object]) -> str:
+    """What the probe floor fitted and chose (`probe_floor_*` metrics of train.py), as a paragraph and a table."""
+    from .probe_floor import FLOOR_CHOICES  # here: probe_floor imports the model side, the card needs it only here
+
+    fitted = ""
+    if "probe_rows" in floor:
+        fitted = (f" on {floor['probe_rows']} training rows ({floor.get('probe_passes', '?')} cached or drawn "
+                  f"passes; its MCC on those rows {format_metric(floor.get('probe_train_mcc'), 'mcc')})")  # fmt: skip
+    lines = [
+        f"After training, the global linear path was fitted as a logistic-regression probe on the global view's "
+        f"pooled backbone feature{fitted}. The head alone, the head plus the probe and the probe alone were then "
+        f"scored on validation (serving MCC), and the best was kept: **{floor.get('choice', '?')}**. The numbers "
+        f"above are those of the kept model.",
+        "",
+        "| model | validation serving MCC |",
+        "|---|---|",
+    ]
+    for choice in FLOOR_CHOICES:
+        if f"{choice}_score" in floor:
+            lines.append(f"| {choice} | {format_metric(floor[f'{choice}_score'], 'mcc')} |")
+    return "### probe floor\n\n" + "\n".join(lines)
+
+
 def model_card(
     *,
     repo_id: str,
@@ -56,7 +79,11 @@ def model_card(
     tables = []
     for split in _splits_with_conditions(shown):
         tables.append(f"### {split}\n\n{condition_table(shown, split)}")
-    rest = {k: v for k, v in shown.items() if not any(f"_{c}_" in k for c in CONDITIONS)}
+    floor = {k.removeprefix("probe_floor_"): v for k, v in shown.items() if k.startswith("probe_floor_")}
+    if floor:
+        tables.append(_probe_floor_section(floor))
+    rest = {k: v for k, v in shown.items()
+            if not any(f"_{c}_" in k for c in CONDITIONS) and not k.startswith("probe_floor_")}  # fmt: skip
     if rest:
         tables.append("### other\n\n| metric | value |\n|---|---|\n" + "\n".join(
             f"| {k} | {format_metric(v, k.rsplit('_', 1)[-1])} |" for k, v in sorted(rest.items())))  # fmt: skip

@@ -183,7 +183,11 @@ def test_recipe_search_selects_on_validation_and_reports_test_beside_it(tmp_path
         assert combined == ["combined " + json.dumps({"learning_rate": float(best)}, sort_keys=True)]
     else:
         assert combined == []
-    assert "validation serving MCC" in (out / "search.md").read_text()
+    table = (out / "search.md").read_text()
+    assert "validation serving MCC" in table
+    # Every row says what it changed from the recipe.
+    assert "| learning_rate=3e-4 |" in table and "recipe with learning_rate=0.0003 |" in table
+    assert "the --config recipe, full model |" in table
 
 
 def test_search_skips_the_recipes_own_values():

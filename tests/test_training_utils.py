@@ -82,6 +82,17 @@ def test_model_card_leads_with_serving_and_names_every_condition():
     assert "SDXL" in card and "nothing in this card measures them" in card
     assert 'from_pretrained("owner/roadwork", trust_remote_code=True)' in card
     assert re.search(r"DINOv3\s+License", card)
+    # The probe floor gets its own section (what was fitted, the three validation scores, the choice), not "other".
+    floor = {"probe_floor_probe_rows": 204, "probe_floor_probe_passes": 3, "probe_floor_probe_train_mcc": 0.87,
+             "probe_floor_choice": "head+probe", "probe_floor_head_score": 0.39, "probe_floor_head+probe_score": 0.41,
+             "probe_floor_probe_score": None}  # fmt: skip
+    floored = model_card(repo_id="o/r", config=RoadworkConfig(), metrics={**metrics, **floor})
+    section = floored.split("### probe floor", 1)[1]
+    assert "on 204 training rows (3 cached or drawn passes; its MCC on those rows 0.8700)" in section
+    assert "the best was kept: **head+probe**" in section
+    assert "| head | 0.3900 |" in section and "| head+probe | 0.4100 |" in section
+    assert "| probe | undefined (one class) |" in section
+    assert "probe_floor_" not in floored and "### other" not in floored
     local = model_card(repo_id="outputs/quickstart", config=RoadworkConfig(), dataset="synthetic")
     assert "datasets:" not in local.split("---")[1], "only Hub dataset ids go in the metadata"
     assert local.split("---", 2)[2].lstrip().startswith("# quickstart")

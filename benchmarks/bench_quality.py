@@ -116,7 +116,10 @@ class QualityArguments:
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: none)."})
     early_stopping: bool = field(
-        default=False, metadata={"help": "Keep the epoch with the best validation serving MCC (and stop early)."}
+        default=True,
+        metadata={"help": "Keep the epoch with the best validation serving MCC (and stop early with "
+                  "--early_stopping_patience), and pick the probe floor's head / head+probe / probe on validation, as "
+                  "train.py does. false: the final epoch, and a floor model is head + probe with no pick."},
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "With --early_stopping: stop after this many epochs without improvement."}

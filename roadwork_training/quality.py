@@ -5,11 +5,11 @@ challenges (no metadata, the validators' challenge transform seeded by `--seed` 
 split and on the synthetic hard splits (`test_small`: roadwork under 1 % of the image; `test_occluded`;
 `test_distractor`: orange things and no roadwork). Variants:
 
-- `full`: the model as configured (12 views, pruning, attention, fusion; the global linear path only when the config
-  has it on, off by default); `full_no_linear_path` / `full_linear_path`: the same with `use_global_linear_path`
-  switched (the path trained jointly); `full_probe_floor`: after training the path is fitted as a frozen probe and the
-  best of head, head + probe and probe alone on validation is kept (`probe_floor`; the choice needs
-  `--early_stopping`, which scores on validation; without it the model is head + probe).
+- `full`: the model as configured (12 views, pruning, attention, fusion; with the library default, the probe floor);
+  `full_no_linear_path` / `full_linear_path`: the same with `use_global_linear_path` switched (the path trained
+  jointly); `full_probe_floor`: after training the path is fitted as a frozen probe and the best of head, head +
+  probe and probe alone on validation is kept (`probe_floor`; the choice needs `--early_stopping`, on by default,
+  which scores on validation; without it the model is head + probe).
 - `global_view_only`: the same head on the global view's features alone (`keep_views=(0,)`, one view, no pruning).
 - `probe_view`: `LinearProbe` (standardised features + logistic regression) on the pooled feature of the global
   view at the model's own view size, read from the cache (view 0 is the whole image resized to `view_size`):

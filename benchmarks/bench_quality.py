@@ -41,6 +41,7 @@ from roadwork_training.head_training import HeadTrainingSettings  # noqa: E402
 from roadwork_training.quality import (  # noqa: E402
     HARD_SPLITS,
     MODEL,
+    PEER_PROBES,
     PROBE_224,
     PROBE_224_NATIVE,
     PROBE_VIEW,
@@ -302,7 +303,7 @@ def main(argv=None) -> dict:
     result = {"name": "quality_full_minus_probe_test_small", "value": None, "target": TARGET, "met": False,
               "seconds": round(time.time() - started, 1)}  # fmt: skip
     by_name = {row["variant"]: row for row in summary}
-    probes = [by_name[p] for p in (PROBE_VIEW, PROBE_224, PROBE_224_NATIVE) if p in by_name]
+    probes = [by_name[p] for p in PEER_PROBES if p in by_name]
     if not args.search and "full" in by_name and probes and "test_small" in split_names:
         full = by_name["full"]
         best = max(probes, key=lambda row: row["test_small_mean"])

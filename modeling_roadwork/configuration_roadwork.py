@@ -34,6 +34,7 @@ DEFAULT_DAYTIME_VOCAB = ["day", "night", "dawn", "dusk", "light"]
 DEFAULT_SCENE_VOCAB = ["urban", "highway", "residential", "rural", "industrial", "commercial"]
 DEFAULT_SEG_CLASSES = ["cone", "barrier", "sign", "worker", "vehicle", "equipment"]
 BACKBONE_POOLINGS = ("native", "max", "native_max")
+LINEAR_PATH_INPUTS = ("global", "global+tile_max")
 
 _AUTO_MAP = {
     "AutoConfig": "configuration_roadwork.RoadworkConfig",
@@ -188,6 +189,12 @@ class RoadworkConfig(PretrainedConfig):
             benchmarks do both). `"joint"`: the path starts from `linear_init` and trains jointly with the head
             through the summed logits (the earlier behaviour; 0.447 against 0.537 without the path, README
             "Training", head initialisation).
+        global_linear_path_input (`str`, *optional*, defaults to `"global"`):
+            What the linear path reads. `"global"`: the pooled feature of the global view (view 0).
+            `"global+tile_max"`: that feature concatenated with the element-wise max of the pooled features of the
+            other views (the tiles), before pruning. With spatially max-pooled features (`backbone_pooling="max"`) that
+            is the max over the whole image at the tiles' zoom: a linear detector of small objects (README, "Quality
+            against the simplest peer"). Needs `num_views >= 2`. The path is then `2 * view_feature_size` wide.
         use_view_consistency (`bool`, *optional*, defaults to `True`):
             Per-view classifier and the view-consistency KL loss.
         consistency_target (`str`, *optional*, defaults to `"views_mean"`):
@@ -288,6 +295,7 @@ class RoadworkConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         linear_init: str = "fan_in",
         global_linear_path_init: str = "probe",
+        global_linear_path_input: str = "global",
         **kwargs,
     ):
         self.backbone_config = _backbone_config_from(backbone_config)
@@ -347,6 +355,7 @@ class RoadworkConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.linear_init = linear_init
         self.global_linear_path_init = global_linear_path_init
+        self.global_linear_path_input = global_linear_path_input
 
         kwargs.setdefault("id2label", {0: "None", 1: "Roadwork"})
         id2label = {int(k): v for k, v in kwargs["id2label"].items()}
@@ -376,6 +385,14 @@ class RoadworkConfig(PretrainedConfig):
         if self.backbone_hidden_size is None:
             return None
         return self.backbone_hidden_size * (2 if self.backbone_pooling == "native_max" else 1)
+
+    @property
+    def linear_path_feature_size(self) -> int | None:
+        """Width of what the global linear path reads (`global_linear_path_input`)."""
+        size = self.view_feature_size
+        if size is None:
+            return None
+        return size * (2 if self.global_linear_path_input == "global+tile_max" else 1)
 
     @property
     def probe_floor(self) -> bool:
@@ -431,6 +448,10 @@ class RoadworkConfig(PretrainedConfig):
             fail("linear_init", "must be 'fan_in' or 'normal'")
         if self.global_linear_path_init not in ("probe", "joint"):
             fail("global_linear_path_init", "must be 'probe' or 'joint'")
+        if self.global_linear_path_input not in LINEAR_PATH_INPUTS:
+            fail("global_linear_path_input", f"must be one of {', '.join(map(repr, LINEAR_PATH_INPUTS))}")
+        if self.global_linear_path_input == "global+tile_max" and self.num_views < 2:
+            fail("global_linear_path_input", f"'global+tile_max' needs tiles: num_views >= 2, got {self.num_views}")
         if not 0.0 <= self.focal_alpha <= 1.0:
             fail("focal_alpha", "must be in [0, 1]")
         if self.focal_gamma < 0:
@@ -472,4 +493,4 @@ class RoadworkConfig(PretrainedConfig):
 
 RoadworkConfig.register_for_auto_class("AutoConfig")
 
-__all__ = ["BACKBONE_POOLINGS", "RoadworkConfig", "DINOV3_VITH16PLUS_ID", "CONVNEXTV2_BASE_ID"]
+__all__ = ["BACKBONE_POOLINGS", "LINEAR_PATH_INPUTS", "RoadworkConfig", "DINOV3_VITH16PLUS_ID", "CONVNEXTV2_BASE_ID"]

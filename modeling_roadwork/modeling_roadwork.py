@@ -46,6 +46,9 @@ class RoadworkModelOutput(ModelOutput):
             Importance gates of the view fusion (`None` without it).
         global_view_features (`torch.FloatTensor` of shape `(batch_size, view_feature_size)`):
             The pooled backbone feature of the global view (view 0), before pruning: what the global linear path reads.
+        tile_max_features (`torch.FloatTensor` of shape `(batch_size, view_feature_size)`, *optional*):
+            The element-wise max of the pooled features of the other views (the tiles), before pruning; `None` with one
+            view. The linear path also reads it with `global_linear_path_input="global+tile_max"`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -54,6 +57,7 @@ class RoadworkModelOutput(ModelOutput):
     view_scores: torch.FloatTensor | None = None
     view_gates: torch.FloatTensor | None = None
     global_view_features: torch.FloatTensor | None = None
+    tile_max_features: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -373,7 +377,15 @@ class RoadworkModel(RoadworkPreTrainedModel):
             view_scores=scores,
             view_gates=gates,
             global_view_features=view_features[:, 0],  # view 0 is the whole image, whatever pruning kept
+            tile_max_features=view_features[:, 1:].amax(dim=1) if V > 1 else None,
         )
+
+
+def linear_path_features(config, vision: RoadworkModelOutput) -> torch.Tensor:
+    """What the global linear path reads (`config.global_linear_path_input`) -> (B, linear_path_feature_size)."""
+    if config.global_linear_path_input == "global+tile_max":
+        return torch.cat([vision.global_view_features, vision.tile_max_features], dim=-1)
+    return vision.global_view_features
 
 
 class RoadworkForImageClassification(RoadworkPreTrainedModel):
@@ -411,7 +423,8 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
         )
         self.global_classifier = (
             RoadworkGlobalClassifier(
-                feature_size=config.view_feature_size, num_labels=config.num_labels, zero_init=config.probe_floor
+                feature_size=config.linear_path_feature_size, num_labels=config.num_labels,
+                zero_init=config.probe_floor,
             )
             if config.use_global_linear_path
             else None
@@ -491,7 +504,7 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
         pooled = self.fusion(features)
         logits = self.classifier(pooled)
         if self.global_classifier is not None:
-            logits = logits + self.global_classifier(vision.global_view_features)  # (B, num_labels)
+            logits = logits + self.global_classifier(linear_path_features(config, vision))  # (B, num_labels)
 
         view_logits = self.view_classifier(vision.last_hidden_state) if self.view_classifier is not None else None
         weather_logits = self.weather_classifier(vision_embeds) if self.weather_classifier is not None else None
@@ -527,4 +540,5 @@ __all__ = [
     "RoadworkForImageClassification",
     "RoadworkModelOutput",
     "RoadworkImageClassifierOutput",
+    "linear_path_features",
 ]

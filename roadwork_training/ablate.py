@@ -35,7 +35,7 @@ from .cache import train_only_keys
 from .feature_cache import FeatureCacheArguments, RoadworkFeatureCache
 from .flag_groups import AugmentationArguments, GPSConfigArguments, SyntheticArguments
 from .head_training import HeadTrainingSettings, evaluate_conditions, train_head
-from .quality import PROBE_224, PROBE_VIEW, QualityData, fit_probe
+from .quality import PROBE_224, PROBE_TILE_MAX, PROBE_VIEW, QualityData, fit_probe
 
 
 logger = logging.getLogger("roadwork.ablate")
@@ -79,10 +79,16 @@ ABLATIONS = (
     Ablation("probe_floor", "with the linear path fitted as a frozen probe after training, head + probe "
              "(use_global_linear_path=True, global_linear_path_init='probe'; no validation choice here)",
              (("use_global_linear_path", True), ("global_linear_path_init", "probe"))),
+    Ablation("tile_max_floor", "the probe floor reading the global view and the tiles' element-wise max, head + "
+             "probe (global_linear_path_input='global+tile_max'; no validation choice here)",
+             (("use_global_linear_path", True), ("global_linear_path_init", "probe"),
+              ("global_linear_path_input", "global+tile_max"))),
     Ablation(PROBE_VIEW, "no head: a linear probe on the global view at the model's view size (cached view 0); "
              "metadata column = clean images", kind=PROBE_VIEW),
     Ablation(PROBE_224, "no head: a linear probe on the global view at 224 px; metadata column = clean images",
              kind=PROBE_224),
+    Ablation(PROBE_TILE_MAX, "no head: a linear probe on the global view and the tiles' element-wise max at the "
+             "model's view size (the tile-max floor alone); metadata column = clean images", kind=PROBE_TILE_MAX),
 )  # fmt: skip
 ABLATION_NAMES = tuple(a.name for a in ABLATIONS)
 

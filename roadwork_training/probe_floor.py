@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 
+from modeling_roadwork.modeling_roadwork import RoadworkModelOutput, linear_path_features
+
 from .evaluation import LinearProbe
 from .metrics import classification_metrics
 
@@ -38,15 +40,34 @@ def _dataset_passes(dataset) -> int:
     return int(getattr(getattr(dataset, "split", None), "num_passes", 1))
 
 
+def _path_input(model, batch, device) -> torch.Tensor:
+    """What the model's linear path reads for one collated batch (`config.global_linear_path_input`) -> (B, W)."""
+    base = model.roadwork
+    tile_max = model.config.global_linear_path_input == "global+tile_max"
+    view_features = batch.get("view_features")
+    if view_features is None:
+        pixel_values = batch["pixel_values"].to(device)
+        if not tile_max:  # the global view alone: embed view 0 only
+            return base.embed_images(pixel_values[:, 0])  # (B, 3, S, S) -> (B, D)
+        view_features = base.extract_view_features(pixel_values)  # (B, V, 3, S, S) -> (B, V, D)
+    view_features = view_features.to(device)
+    vision = RoadworkModelOutput(
+        global_view_features=view_features[:, 0],
+        tile_max_features=view_features[:, 1:].amax(dim=1) if view_features.shape[1] > 1 else None,
+    )
+    return linear_path_features(model.config, vision)
+
+
 @torch.no_grad()
 def global_view_features(model, dataset, collator, *, num_passes: int | None = None, batch_size: int = 64):
     """
-    The pooled backbone feature of the global view (view 0) of every decodable row of `dataset`, over `num_passes`
-    epochs' draws (default: every cached pass, one for live decoding) -> features (N, D) float32, labels (N,).
-    Rows the collator drops (undecodable images) are left out. The dataset is set back to epoch 0.
+    What the linear path reads (the pooled backbone feature of the global view, view 0, and with
+    `global_linear_path_input="global+tile_max"` the tiles' element-wise max beside it) for every decodable row of
+    `dataset`, over `num_passes` epochs' draws (default: every cached pass, one for live decoding) -> features (N, W)
+    float32, labels (N,). Rows the collator drops (undecodable images) are left out. The dataset is set back to
+    epoch 0.
     """
     device = next(model.parameters()).device
-    base = model.roadwork
     num_passes = num_passes or _dataset_passes(dataset)
     features, labels = [], []
     for epoch in range(num_passes):
@@ -54,11 +75,7 @@ def global_view_features(model, dataset, collator, *, num_passes: int | None = N
             dataset.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
         for batch in loader:
-            if batch.get("view_features") is not None:
-                global_features = batch["view_features"][:, 0]  # (B, V, D) -> (B, D)
-            else:
-                global_features = base.embed_images(batch["pixel_values"][:, 0].to(device))  # (B, 3, S, S) -> (B, D)
-            features.append(global_features.float().cpu())
+            features.append(_path_input(model, batch, device).float().cpu())
             labels.append(batch["labels"].cpu())
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(0)
@@ -73,9 +90,9 @@ def fit_global_linear_path(
     batch_size: int = 64,
 ) -> dict:  # fmt: skip
     """
-    Writes a logistic-regression probe on the training rows' global-view features into `model.global_classifier`
-    (frozen). `c` is the probe's inverse L2 strength (the benchmarks' `--probe_c`). Returns what was fitted (rows,
-    passes, the probe's MCC on its own training rows).
+    Writes a logistic-regression probe on what the path reads of the training rows (`global_view_features`) into
+    `model.global_classifier` (frozen). `c` is the probe's inverse L2 strength (the benchmarks' `--probe_c`). Returns
+    what was fitted (rows, passes, the probe's MCC on its own training rows).
     """
     config = model.config
     if not config.probe_floor:

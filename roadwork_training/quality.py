@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 HARD_SPLITS = ("test_small", "test_occluded", "test_distractor")
 MODEL, PROBE_VIEW, PROBE_224, PROBE_224_NATIVE = "model", "probe_view", "probe_224", "probe_224_native"
+PROBE_TILE_MAX = "probe_tile_max"
+PEER_PROBES = (PROBE_VIEW, PROBE_224, PROBE_224_NATIVE)  # single-view probes: the issue's peers (not probe_tile_max)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ QUALITY_VARIANTS = (
     QualityVariant("full_probe_floor", "the model on the probe floor: after training the path is fitted as a frozen "
                    "probe and the best of head, head + probe and probe alone on validation is kept",
                    overrides=(("use_global_linear_path", True), ("global_linear_path_init", "probe"))),
+    QualityVariant("full_tile_max_floor", "the model on the tile-max probe floor: the floor's probe reads the global "
+                   "view's feature and the tiles' element-wise max (global_linear_path_input='global+tile_max')",
+                   overrides=(("use_global_linear_path", True), ("global_linear_path_init", "probe"),
+                              ("global_linear_path_input", "global+tile_max"))),
     QualityVariant("global_view_only", "the same head on the global view alone (num_views=1, no pruning)",
                    overrides=(("num_views", 1), ("use_view_pruning", False)), keep_views=(0,)),
     QualityVariant(PROBE_VIEW, "linear probe on the global view at the model's view size (cached view 0)",
@@ -82,6 +88,9 @@ QUALITY_VARIANTS = (
     QualityVariant(PROBE_224_NATIVE, f"linear probe on the global view at {PROBE_VIEW_SIZE}x{PROBE_VIEW_SIZE}, the "
                    "backbone's own pooled output (equal to probe_224 with backbone_pooling='native')",
                    kind=PROBE_224_NATIVE),
+    QualityVariant(PROBE_TILE_MAX, "linear probe on the global view's feature and the tiles' element-wise max at the "
+                   "model's view size (cached views): the tile-max floor alone, part of our model, not a peer",
+                   kind=PROBE_TILE_MAX),
 )  # fmt: skip
 QUALITY_VARIANT_NAMES = tuple(v.name for v in QUALITY_VARIANTS)
 
@@ -176,12 +185,21 @@ class QualityData:
         return result
 
 
-def _view0(table, rows: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """View-0 features (N, D) and labels of the decodable rows of a cached pass."""
+def _view0(table, rows: Sequence[int] | None = None, tile_max: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """
+    View-0 features (N, D) and labels of the decodable rows of a cached pass; with `tile_max`, the element-wise max
+    of the other views beside it (N, 2D), what the tile-max floor reads.
+    """
     table = table.select(rows) if rows is not None else table
     numpy = table.with_format("numpy", columns=["view_features", "label", "has_features"])
     good = np.asarray(numpy["has_features"], dtype=bool)
-    features = np.asarray(numpy["view_features"])[good][:, 0].astype(np.float32)  # (N, V, D) -> view 0: (N, D)
+    views = np.asarray(numpy["view_features"])[good].astype(np.float32)  # (N, V, D)
+    if tile_max:
+        if views.shape[1] < 2:
+            raise ValueError("the tile-max probe needs cached tiles (num_views >= 2)")
+        features = np.concatenate([views[:, 0], views[:, 1:].max(axis=1)], axis=1)
+    else:
+        features = views[:, 0]
     return features, np.asarray(numpy["label"])[good].astype(int)
 
 
@@ -197,10 +215,12 @@ def fit_probe(data: QualityData, kind: str, rows: Sequence[int], seed: int, eval
     """
     rows = list(rows)
     passes = data.cache.training_passes(augmenter, data.seed, serving_augmentation) if serving_augmentation else []
-    if kind == PROBE_VIEW:
-        drawn = [_view0(data.clean_train(), rows)]
+    cached = kind in (PROBE_VIEW, PROBE_TILE_MAX)
+    tile_max = kind == PROBE_TILE_MAX
+    if cached:
+        drawn = [_view0(data.clean_train(), rows, tile_max)]
         if passes:
-            drawn += [_view0(table, rows) for table in data.train_tables(augmenter, serving_augmentation)]
+            drawn += [_view0(table, rows, tile_max) for table in data.train_tables(augmenter, serving_augmentation)]
     else:
         pooling = "native" if kind == PROBE_224_NATIVE else None
         drawn = [data.probe_224_features("train", False, cache_dir, pooling=pooling)]
@@ -211,13 +231,13 @@ def fit_probe(data: QualityData, kind: str, rows: Sequence[int], seed: int, eval
     probe = LinearProbe.fit(features, labels, c=c, seed=seed)
     scores = {}
     for name, serving in [(n, True) for n in eval_splits] + [(n, False) for n in clean_splits]:
-        if kind == PROBE_VIEW:
+        if cached:
             table = (
                 data.serving_table(name)
                 if serving
                 else data.cache.extractor.extract(data.splits[name], CachePass.clean())
             )
-            eval_features, eval_labels = _view0(table)
+            eval_features, eval_labels = _view0(table, tile_max=tile_max)
         else:
             eval_features, eval_labels = data.probe_224_features(name, serving, cache_dir, pooling=pooling)
         metrics = classification_metrics(probe.predict_proba(eval_features), eval_labels)
@@ -310,7 +330,9 @@ def quality_table(rows: Sequence[Mapping], split_names: Sequence[str], descripti
 __all__ = [
     "HARD_SPLITS",
     "HeadRecipe",
+    "PEER_PROBES",
     "PROBE_224_NATIVE",
+    "PROBE_TILE_MAX",
     "QUALITY_VARIANTS",
     "QUALITY_VARIANT_NAMES",
     "QualityData",

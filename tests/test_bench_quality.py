@@ -89,12 +89,14 @@ def test_ablation_command_has_probe_rows_and_hard_splits(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "roadwork_training.ablate", "--config", str(config), "--seeds", "1", "--output_dir",
          str(out), "--synthetic_dir", str(tmp_path / "syn"), "--extra_eval_splits", "test_small", "test_distractor",
-         "--ablations", "full", "no_global_linear_path", "probe_view", "probe_224"],
+         "--ablations", "full", "no_global_linear_path", "tile_max_floor", "probe_view", "probe_224",
+         "probe_tile_max"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "ablations.json").read_text())
-    assert [r["ablation"] for r in result["rows"]] == ["full", "no_global_linear_path", "probe_view", "probe_224"]
+    assert [r["ablation"] for r in result["rows"]] == ["full", "no_global_linear_path", "tile_max_floor",
+                                                       "probe_view", "probe_224", "probe_tile_max"]  # fmt: skip
     for row in result["rows"]:
         assert {"test_small_serving_mcc_mean", "test_distractor_serving_mcc_mean", "serving_mcc_mean"} <= set(row)
     assert "test_distractor serving MCC" in (out / "ablations.md").read_text()
@@ -125,11 +127,12 @@ def test_probes_train_on_the_models_challenge_passes(tmp_path, monkeypatch):
     processor = RoadworkImageProcessor.from_model_config(model.config)
     cache = RoadworkFeatureCache(RoadworkFeatureExtractor(model, processor, tmp_path / "cache", progress=False), 2)
     data = quality.QualityData(cache, splits, model, processor, seed=3)
-    fitted = []
+    fitted, widths = [], []
     original = evaluation.LinearProbe.fit
 
     def spy(features, labels, **kwargs):
         fitted.append(len(labels))
+        widths.append(features.shape[1])
         return original(features, labels, **kwargs)
 
     monkeypatch.setattr(quality.LinearProbe, "fit", staticmethod(spy))
@@ -141,6 +144,16 @@ def test_probes_train_on_the_models_challenge_passes(tmp_path, monkeypatch):
                           augmenter=augmenter)  # fmt: skip
     assert fitted == [8, 24, 8, 24]  # clean only; clean + the 2 challenge passes
     assert len(data.train_tables(augmenter, 0.5)) == 2  # the model's passes, which probe_view reused
+
+    # The tile-max probe (the tile-max floor alone) reads view 0 and the tiles' element-wise max of the same cache.
+    fitted.clear(), widths.clear()
+    scores = quality.fit_probe(data, quality.PROBE_TILE_MAX, rows, 0, ["test"], tmp_path / "cache")
+    width = model.config.view_feature_size
+    assert fitted == [8] and widths == [2 * width] and set(scores) == {"test"}
+    features, _ = quality._view0(data.clean_train(), rows, tile_max=True)
+    views = np.asarray(data.clean_train().select(rows).with_format("numpy")["view_features"], dtype=np.float32)
+    np.testing.assert_array_equal(features, np.concatenate([views[:, 0], views[:, 1:].max(1)], 1))
+    assert quality.PROBE_TILE_MAX not in quality.PEER_PROBES  # part of our model, never the peer to beat
 
     fitted.clear()
     monkeypatch.setattr(evaluation.LinearProbe, "fit", staticmethod(spy))

@@ -212,3 +212,72 @@ def test_train_py_fits_the_probe_end_to_end_and_records_the_floor(roadwork_cache
     head_on = torch.count_nonzero(loaded.classifier.fc2.weight) > 0
     assert (head_on, path_on) == {"head": (True, False), "head+probe": (True, True),
                                   "probe": (False, True)}[results["probe_floor_choice"]]  # fmt: skip
+
+
+def _one_tile_data(n: int = 160, passes: int = 2, seed: int = 0) -> _Features:
+    """Roadwork is one random tile pushed along DIRECTION (a small object in one tile); view 0 does not show it."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(passes, n, V, D, generator=generator)
+    labels = (torch.rand(n, generator=generator) < 0.5).long()
+    for p in range(passes):
+        tiles = torch.randint(1, V, (n,), generator=generator)
+        features[p, torch.arange(n), tiles] += 4.0 * labels[:, None] * DIRECTION.abs()[None] / DIRECTION.abs().max()
+    return _Features(features, labels)
+
+
+def test_tile_max_path_is_the_probe_on_the_global_view_and_the_tiles_max():
+    model = _floor_model(global_linear_path_input="global+tile_max")
+    assert model.config.linear_path_feature_size == 2 * D
+    assert model.global_classifier.fc.in_features == 2 * D
+    dataset = _one_tile_data()
+    fit_global_linear_path(model, dataset, _collate, seed=0)
+    features, labels = global_view_features(model, dataset, _collate)
+    first = dataset.features[0]
+    expected_input = torch.cat([first[:, 0], first[:, 1:].amax(1)], -1)
+    np.testing.assert_array_equal(features[: len(dataset)], expected_input.numpy())
+    test = _one_tile_data(seed=7)
+    batch = _collate([test[i] for i in range(len(test))])
+    with torch.no_grad():
+        normed = model.global_classifier.layer_norm(torch.from_numpy(features)).numpy()
+        probe = LinearProbe.fit(normed, labels, seed=0)
+        cat = torch.cat([batch["view_features"][:, 0], batch["view_features"][:, 1:].amax(1)], -1)
+        expected = probe.predict_proba(model.global_classifier.layer_norm(cat).numpy())
+        model.classifier.fc2.weight.zero_()
+        model.classifier.fc2.bias.zero_()  # the probe alone
+        actual = model(view_features=batch["view_features"]).logits.softmax(-1)[:, 1].numpy()
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    # The signal sits in one tile: the tile-max probe finds it, the global view's probe cannot.
+    global_model = _floor_model()
+    fit_global_linear_path(global_model, dataset, _collate, seed=0)
+    with torch.no_grad():
+        global_model.classifier.fc2.weight.zero_()
+        global_model.classifier.fc2.bias.zero_()
+    assert _mcc(model, test) > 0.8 and _mcc(global_model, test) < 0.3
+
+
+def test_tile_max_path_reads_pixels_like_the_cache_and_survives_save_load(tmp_path):
+    from roadwork_testing import VIEW_SIZE
+
+    from roadwork_training.probe_floor import _path_input
+
+    model = _floor_model(global_linear_path_input="global+tile_max")
+    pixels = torch.randn(3, V, 3, VIEW_SIZE, VIEW_SIZE)
+    with torch.no_grad():
+        views = model.roadwork.extract_view_features(pixels)
+        from_pixels = _path_input(model, {"pixel_values": pixels}, torch.device("cpu"))
+        from_cache = _path_input(model, {"view_features": views}, torch.device("cpu"))
+    torch.testing.assert_close(from_pixels, from_cache)
+    torch.testing.assert_close(from_cache, torch.cat([views[:, 0], views[:, 1:].amax(1)], -1))
+    fit_global_linear_path(model, _one_tile_data(n=48), _collate, seed=0)
+    model.save_pretrained(tmp_path)
+    loaded = RoadworkForImageClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.global_linear_path_input == "global+tile_max"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+
+
+def test_tile_max_input_is_validated():
+    with pytest.raises(ValueError, match="global_linear_path_input='tiles'.*must be one of"):
+        tiny_config(global_linear_path_input="tiles")
+    with pytest.raises(ValueError, match="needs tiles: num_views >= 2, got 1"):
+        tiny_config(global_linear_path_input="global+tile_max", num_views=1, use_view_pruning=False)

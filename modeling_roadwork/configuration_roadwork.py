@@ -35,6 +35,7 @@ DEFAULT_SCENE_VOCAB = ["urban", "highway", "residential", "rural", "industrial",
 DEFAULT_SEG_CLASSES = ["cone", "barrier", "sign", "worker", "vehicle", "equipment"]
 BACKBONE_POOLINGS = ("native", "max", "native_max")
 LINEAR_PATH_INPUTS = ("global", "global+tile_max")
+VIEW_FEATURE_NORMS = ("none", "batch")
 
 _AUTO_MAP = {
     "AutoConfig": "configuration_roadwork.RoadworkConfig",
@@ -126,6 +127,12 @@ class RoadworkConfig(PretrainedConfig):
             Views kept by pruning (top-k).
         view_scorer_reduction (`int`, *optional*, defaults to 4):
             The view scorer is an MLP `D -> D / reduction -> 1`.
+        view_feature_norm (`str`, *optional*, defaults to `"none"`):
+            How the head normalises each view's pooled backbone feature before pruning and the input projection.
+            `"none"`: raw features (the earlier models). `"batch"`: `BatchNorm1d` over every view of the batch, a
+            per-channel standardisation like the linear probe's (running statistics at inference), so channels with a
+            small spread (a cone's) are not drowned by large ones. The linear path reads the raw features (it has its
+            own normalisation).
         use_view_embeddings (`bool`, *optional*, defaults to `True`):
             Add a learned embedding of each view's position (global, tile i, centre, right) before attention, so that
             attention knows which view a token came from.
@@ -255,6 +262,7 @@ class RoadworkConfig(PretrainedConfig):
         num_kept_views: int = 8,
         view_scorer_reduction: int = 4,
         use_view_embeddings: bool = True,
+        view_feature_norm: str = "none",
         hidden_size: int = 512,
         use_pyramid: bool = True,
         pyramid_sizes: list[int] | None = None,
@@ -315,6 +323,7 @@ class RoadworkConfig(PretrainedConfig):
         self.num_kept_views = num_kept_views
         self.view_scorer_reduction = view_scorer_reduction
         self.use_view_embeddings = use_view_embeddings
+        self.view_feature_norm = view_feature_norm
         self.hidden_size = hidden_size
         self.use_pyramid = use_pyramid
         self.pyramid_sizes = list(pyramid_sizes) if pyramid_sizes is not None else [256, 128]
@@ -448,6 +457,8 @@ class RoadworkConfig(PretrainedConfig):
             fail("linear_init", "must be 'fan_in' or 'normal'")
         if self.global_linear_path_init not in ("probe", "joint"):
             fail("global_linear_path_init", "must be 'probe' or 'joint'")
+        if self.view_feature_norm not in VIEW_FEATURE_NORMS:
+            fail("view_feature_norm", f"must be one of {', '.join(map(repr, VIEW_FEATURE_NORMS))}")
         if self.global_linear_path_input not in LINEAR_PATH_INPUTS:
             fail("global_linear_path_input", f"must be one of {', '.join(map(repr, LINEAR_PATH_INPUTS))}")
         if self.global_linear_path_input == "global+tile_max" and self.num_views < 2:
@@ -493,4 +504,11 @@ class RoadworkConfig(PretrainedConfig):
 
 RoadworkConfig.register_for_auto_class("AutoConfig")
 
-__all__ = ["BACKBONE_POOLINGS", "LINEAR_PATH_INPUTS", "RoadworkConfig", "DINOV3_VITH16PLUS_ID", "CONVNEXTV2_BASE_ID"]
+__all__ = [
+    "BACKBONE_POOLINGS",
+    "CONVNEXTV2_BASE_ID",
+    "DINOV3_VITH16PLUS_ID",
+    "LINEAR_PATH_INPUTS",
+    "RoadworkConfig",
+    "VIEW_FEATURE_NORMS",
+]

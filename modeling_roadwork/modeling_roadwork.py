@@ -234,6 +234,7 @@ class RoadworkModel(RoadworkPreTrainedModel):
             # timm backbones: the width of the pooled features is only known once the model exists.
             config.backbone_hidden_size = int(self.backbone.timm_model.num_features)
         D, C = config.view_feature_size, config.hidden_size
+        self.feature_norm = nn.BatchNorm1d(D) if config.view_feature_norm == "batch" else None
         self.view_pruning = (
             RoadworkViewPruning(feature_size=D, reduction=config.view_scorer_reduction, num_kept=config.num_kept_views)
             if config.use_view_pruning
@@ -332,6 +333,20 @@ class RoadworkModel(RoadworkPreTrainedModel):
             return spatial_max
         return torch.cat([output.pooler_output, spatial_max], dim=-1)  # native_max: (N, 2 * C)
 
+    def _normalise(self, view_features: torch.Tensor) -> torch.Tensor:
+        """`config.view_feature_norm` over every view of the batch: (B, V, D) -> (B, V, D)."""
+        if self.feature_norm is None:
+            return view_features
+        B, V, D = view_features.shape
+        flat = view_features.reshape(B * V, D)
+        norm = self.feature_norm
+        if self.training and B * V < 2:  # batch statistics need two rows: use the running ones
+            flat = nn.functional.batch_norm(flat, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                            training=False, eps=norm.eps)  # fmt: skip
+        else:
+            flat = norm(flat)
+        return flat.reshape(B, V, D)
+
     def forward(
         self, pixel_values: torch.Tensor | None = None, view_features: torch.Tensor | None = None
     ) -> RoadworkModelOutput:
@@ -354,10 +369,11 @@ class RoadworkModel(RoadworkPreTrainedModel):
             )
         view_features = view_features.to(self.input_projection.weight.dtype)
         B, V, _ = view_features.shape
+        normed = self._normalise(view_features)  # (B, V, D); the linear path reads the raw features
         if self.view_pruning is not None:
-            kept, kept_indices, scores = self.view_pruning(view_features)  # (B, K, D), (B, K), (B, K)
+            kept, kept_indices, scores = self.view_pruning(normed)  # (B, K, D), (B, K), (B, K)
         else:
-            kept, scores = view_features, None
+            kept, scores = normed, None
             kept_indices = torch.arange(V, device=view_features.device).expand(B, V)
         hidden = self.input_projection(kept)  # (B, K, C)
         if self.view_embeddings is not None:

@@ -571,3 +571,46 @@ def test_text_embedder_is_frozen_and_embeds_each_string_once(minilm_path):
         by_text = model(view_features=features, descriptions=["Orange cones close the right lane", None]).logits
         by_embeds = model(view_features=features, text_embeds=first[:2]).logits
     torch.testing.assert_close(by_text, by_embeds)
+
+
+def test_batch_view_feature_norm_standardises_the_heads_input_and_round_trips(tmp_path):
+    """view_feature_norm='batch': per-channel BatchNorm over every view before pruning; the path reads raw features."""
+    torch.manual_seed(0)
+    config = tiny_config(view_feature_norm="batch", use_metadata=False, use_global_linear_path=True,
+                         global_linear_path_init="joint")  # fmt: skip
+    model = RoadworkForImageClassification(config)
+    norm = model.roadwork.feature_norm
+    assert isinstance(norm, torch.nn.BatchNorm1d) and norm.num_features == config.view_feature_size
+    assert RoadworkForImageClassification(tiny_config()).roadwork.feature_norm is None, "off by default"
+    # Channels of very different scales: after the norm the pruning scorer sees each standardised.
+    scales = torch.logspace(-2, 2, config.view_feature_size)
+    features = torch.randn(8, config.num_views, config.view_feature_size) * scales + 5.0
+    seen = {}
+    model.roadwork.view_pruning.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    model.train()
+    out = model(view_features=features, labels=torch.tensor([0, 1] * 4))
+    flat = seen["x"].reshape(-1, config.view_feature_size)
+    torch.testing.assert_close(flat.mean(0), torch.zeros_like(flat.mean(0)), atol=1e-4, rtol=0)
+    # (BatchNorm's eps shrinks the spread of the 0.01-scale channels to about 0.95)
+    torch.testing.assert_close(flat.std(0, unbiased=False), torch.ones_like(flat.mean(0)), atol=0.06, rtol=0)
+    out.loss.backward()
+    assert norm.weight.grad.abs().sum() > 0, "the norm's affine parameters train"
+    assert norm.running_mean.abs().sum() > 0, "running statistics are collected"
+    # The linear path reads the raw global view, not the normalised one.
+    with torch.no_grad():
+        vision = model.roadwork(view_features=features)
+    torch.testing.assert_close(vision.global_view_features, features[:, 0])
+    # Running statistics are buffers: saved and loaded, so inference after from_pretrained is identical.
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = RoadworkForImageClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded.roadwork.feature_norm.running_var, norm.running_var)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(view_features=features).logits, model(view_features=features).logits)
+    # One view of one row in training mode (no batch statistics possible) falls back on the running ones.
+    single_config = tiny_config(view_feature_norm="batch", num_views=1, use_view_pruning=False)
+    single = RoadworkForImageClassification(single_config)
+    single.train()
+    assert torch.isfinite(single(view_features=torch.randn(1, 1, config.view_feature_size)).logits).all()
+    with pytest.raises(ValueError, match="view_feature_norm='layer'.*must be one of"):
+        tiny_config(view_feature_norm="layer")

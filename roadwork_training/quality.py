@@ -10,6 +10,9 @@ split and on the synthetic hard splits (`test_small`: roadwork under 1 % of the 
   jointly); `full_probe_floor`: after training the path is fitted as a frozen probe and the best of head, head +
   probe and probe alone on validation is kept (`probe_floor`; the choice needs `--early_stopping`, on by default,
   which scores on validation; without it the model is head + probe).
+- `full_tile_max_floor`: the probe floor reading the global view's feature and the tiles' element-wise max
+  (`global_linear_path_input="global+tile_max"`); `probe_tile_max`: that floor's probe alone, on the cached views.
+  It is part of our model, so it is never one of the peers (`PEER_PROBES`) the benchmark's target compares against.
 - `global_view_only`: the same head on the global view's features alone (`keep_views=(0,)`, one view, no pruning).
 - `probe_view`: `LinearProbe` (standardised features + logistic regression) on the pooled feature of the global
   view at the model's own view size, read from the cache (view 0 is the whole image resized to `view_size`):

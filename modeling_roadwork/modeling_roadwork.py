@@ -393,15 +393,20 @@ class RoadworkModel(RoadworkPreTrainedModel):
             view_scores=scores,
             view_gates=gates,
             global_view_features=view_features[:, 0],  # view 0 is the whole image, whatever pruning kept
-            tile_max_features=view_features[:, 1:].amax(dim=1) if V > 1 else None,
+            tile_max_features=tile_max(view_features),
         )
 
 
-def linear_path_features(config, vision: RoadworkModelOutput) -> torch.Tensor:
+def tile_max(view_features: torch.Tensor) -> torch.Tensor | None:
+    """The element-wise max over the tiles (every view but the global view 0): (B, V, D) -> (B, D); None for V = 1."""
+    return view_features[:, 1:].amax(dim=1) if view_features.shape[1] > 1 else None
+
+
+def linear_path_features(config, global_view_features: torch.Tensor, tile_max_features: torch.Tensor | None):
     """What the global linear path reads (`config.global_linear_path_input`) -> (B, linear_path_feature_size)."""
     if config.global_linear_path_input == "global+tile_max":
-        return torch.cat([vision.global_view_features, vision.tile_max_features], dim=-1)
-    return vision.global_view_features
+        return torch.cat([global_view_features, tile_max_features], dim=-1)
+    return global_view_features
 
 
 class RoadworkForImageClassification(RoadworkPreTrainedModel):
@@ -520,7 +525,9 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
         pooled = self.fusion(features)
         logits = self.classifier(pooled)
         if self.global_classifier is not None:
-            logits = logits + self.global_classifier(linear_path_features(config, vision))  # (B, num_labels)
+            logits = logits + self.global_classifier(
+                linear_path_features(config, vision.global_view_features, vision.tile_max_features)
+            )  # (B, num_labels)
 
         view_logits = self.view_classifier(vision.last_hidden_state) if self.view_classifier is not None else None
         weather_logits = self.weather_classifier(vision_embeds) if self.weather_classifier is not None else None
@@ -557,4 +564,5 @@ __all__ = [
     "RoadworkModelOutput",
     "RoadworkImageClassifierOutput",
     "linear_path_features",
+    "tile_max",
 ]

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from modeling_roadwork.modeling_roadwork import RoadworkModelOutput, linear_path_features
+from modeling_roadwork.modeling_roadwork import linear_path_features, tile_max
 
 from .evaluation import LinearProbe
 from .metrics import classification_metrics
@@ -43,19 +43,14 @@ def _dataset_passes(dataset) -> int:
 def _path_input(model, batch, device) -> torch.Tensor:
     """What the model's linear path reads for one collated batch (`config.global_linear_path_input`) -> (B, W)."""
     base = model.roadwork
-    tile_max = model.config.global_linear_path_input == "global+tile_max"
     view_features = batch.get("view_features")
     if view_features is None:
         pixel_values = batch["pixel_values"].to(device)
-        if not tile_max:  # the global view alone: embed view 0 only
+        if model.config.global_linear_path_input == "global":  # the global view alone: embed view 0 only
             return base.embed_images(pixel_values[:, 0])  # (B, 3, S, S) -> (B, D)
         view_features = base.extract_view_features(pixel_values)  # (B, V, 3, S, S) -> (B, V, D)
     view_features = view_features.to(device)
-    vision = RoadworkModelOutput(
-        global_view_features=view_features[:, 0],
-        tile_max_features=view_features[:, 1:].amax(dim=1) if view_features.shape[1] > 1 else None,
-    )
-    return linear_path_features(model.config, vision)
+    return linear_path_features(model.config, view_features[:, 0], tile_max(view_features))
 
 
 @torch.no_grad()

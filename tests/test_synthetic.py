@@ -25,7 +25,12 @@ from data_collator.synthetic import (
     generate_row,
     main,
 )
-from data_collator.synthetic.dataset import _MALFORMED_GPS, HARD_TEST_SPLITS, generate_synthetic_dataset
+from data_collator.synthetic.dataset import (
+    _MALFORMED_GPS,
+    HARD_TEST_SPLITS,
+    _train_variant,
+    generate_synthetic_dataset,
+)
 from data_collator.synthetic.scene import render_scene
 
 
@@ -240,3 +245,33 @@ def test_hard_splits_are_written_when_asked(tmp_path):
     }  # fmt: skip
     with pytest.raises(ValueError, match="variant"):
         render_scene(np.random.default_rng(0), 64, 48, True, "Sunny", "Light", "Urban", "tiny")
+
+
+def test_train_hard_fraction_mixes_hard_scenes_into_train_only():
+    plain = SyntheticDatasetConfig(mask_rate=1.0)
+    mixed = SyntheticDatasetConfig(mask_rate=1.0, train_hard_fraction=0.6)
+    n = 90
+    variants = [_train_variant(mixed, i) for i in range(n)]
+    counts = {v: variants.count(v) for v in ("standard", *HARD_TEST_SPLITS.values())}
+    assert 0.25 < counts["standard"] / n < 0.55, counts  # about 40% stay standard
+    assert all(counts[v] >= 8 for v in HARD_TEST_SPLITS.values()), counts  # each hard variant about 20%
+    assert {_train_variant(plain, i) for i in range(n)} == {"standard"}
+    switched = 0
+    for i in range(n):  # a row that stays standard is byte-identical; a switched one is another image
+        a, b = generate_row(plain, "train", i), generate_row(mixed, "train", i)
+        assert a["label"] == b["label"] and a["id"] == b["id"]
+        # As in the hard test splits, a roadwork-free small or occluded scene and a roadwork distractor scene are
+        # standard scenes.
+        drawn_as = variants[i] if (variants[i] == "distractor") != bool(a["label"]) else "standard"
+        assert (a["image"]["bytes"] == b["image"]["bytes"]) == (drawn_as == "standard"), (i, variants[i])
+        switched += drawn_as != "standard"
+    assert switched >= 20, switched
+    small = [
+        _object_coverage(generate_row(mixed, "train", i))
+        for i in range(n)
+        if variants[i] == "small" and generate_row(mixed, "train", i)["label"] == 1
+    ]
+    assert small and max(small) < 0.01, small  # the small variant's distant objects reach the train split
+    assert generate_row(mixed, "test", 3) == generate_row(plain, "test", 3)  # test splits are untouched
+    with pytest.raises(ValueError, match="train_hard_fraction"):
+        SyntheticDatasetConfig(train_hard_fraction=1.5)

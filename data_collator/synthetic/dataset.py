@@ -67,6 +67,11 @@ class SyntheticDatasetConfig:
         num_train, num_test (`int`, *optional*, default to 240 and 200): rows per split.
         num_hard_test (`int`, *optional*, defaults to 0): rows of each hard test split (`test_small`,
             `test_occluded`, `test_distractor`: `HARD_TEST_SPLITS`), balanced 50/50; 0 writes none.
+        train_hard_fraction (`float`, *optional*, defaults to 0.0): share of train rows drawn as a hard scene
+            variant (small, occluded or distractor, one in three each) instead of a standard scene, so that the
+            train split (and the validation share taken from it) holds distant, hidden and orange-but-not-roadwork
+            scenes as real dashcam data does. 0 keeps every train row a standard scene, and rows that stay
+            standard are the same bytes whatever the fraction.
         seed (`int`, *optional*, defaults to 0): everything follows from it.
         train_positive_rate, test_positive_rate (`float`, *optional*, default to 0.8 and 0.5): share of label 1.
             Train follows the real data (80 %); test is balanced like the validators' challenges, which draw
@@ -92,6 +97,13 @@ class SyntheticDatasetConfig:
         metadata={
             "help": "Rows of each hard synthetic test split, balanced 50/50: test_small (distant objects under 1%% "
             "of the image), test_occluded (objects behind cars), test_distractor (orange but no roadwork). 0: none."
+        },
+    )
+    train_hard_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of synthetic train rows drawn as a hard scene variant (small, occluded or distractor, "
+            "a third each) instead of a standard scene; the validation share is drawn from these rows too. 0: none."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed; the synthetic dataset is a function of it."})
@@ -122,6 +134,7 @@ class SyntheticDatasetConfig:
             "metadata_null_rate",
             "malformed_gps_rate",
             "mask_rate",
+            "train_hard_fraction",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -145,6 +158,23 @@ def _null_tag(rng: np.random.Generator) -> str | None:
     return (None, None, None, "", "null")[int(rng.integers(5))]
 
 
+HARD_VARIANTS = tuple(HARD_TEST_SPLITS.values())
+
+
+def _train_variant(config: SyntheticDatasetConfig, index: int) -> str:
+    """The scene variant of train row `index`: a hard one with probability `config.train_hard_fraction`.
+
+    Drawn from a generator of its own, so the row's main draws (label, size, city, the scene) stay where they were:
+    a row that stays standard is identical at any fraction.
+    """
+    if config.train_hard_fraction <= 0.0:
+        return "standard"
+    rng = np.random.default_rng([config.seed, 0, index, SYNTHETIC_VERSION, 1])
+    if rng.random() >= config.train_hard_fraction:
+        return "standard"
+    return HARD_VARIANTS[int(rng.integers(len(HARD_VARIANTS)))]
+
+
 def generate_row(config: SyntheticDatasetConfig, split: str, index: int) -> dict[str, Any]:
     """Row `index` of `split`; depends only on ``(config.seed, split, index)`` and the rates."""
     split_code = {"train": 0, "test": 1}.get(split, sum(map(ord, split)))
@@ -152,6 +182,7 @@ def generate_row(config: SyntheticDatasetConfig, split: str, index: int) -> dict
     variant = HARD_TEST_SPLITS.get(split, "standard")
     if split == "train":
         positive_rate = config.train_positive_rate
+        variant = _train_variant(config, index)
     else:
         positive_rate = config.test_positive_rate if variant == "standard" else 0.5
     label = int(rng.random() < positive_rate)

@@ -267,9 +267,12 @@ def main(argv=None) -> dict:
     base = build_model(model_args, vocabularies, splits["train"]).to(state.device).eval()
     processor = RoadworkImageProcessor.from_model_config(base.config)
     cache = RoadworkFeatureCache.from_arguments(cache_args, base, processor, accelerator=state)
+    rows = stratified_indices(np.asarray(splits["train"]["label"]), args.train_size, args.seed)
+    if len(rows) < len(splits["train"]):  # --train_size: extract (and cache) the rows trained on, not all of them
+        splits["train"] = splits["train"].select(rows)
+        rows = list(range(len(rows)))
     data = QualityData(cache, splits, base, processor, args.seed)
     collator = RoadworkDataCollator(text_embed_dim=base.config.text_embed_dim)  # serving sends no text
-    rows = stratified_indices(np.asarray(splits["train"]["label"]), args.train_size, args.seed)
 
     # Stage 2: every contender over the seeds (or the recipe search).
     if args.search:

@@ -178,12 +178,17 @@ def test_recipe_search_selects_on_validation_and_reports_test_beside_it(tmp_path
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "benchmarks/bench_quality.py", "--config", str(config), "--search", "--search_knobs",
-         "learning_rate", "--seeds", "1", "--num_train_epochs", "2", "--early_stopping", "true", "--output_dir",
-         str(out), "--synthetic_dir", str(tmp_path / "syn"), "--use_cpu"],
+         "learning_rate", "--seeds", "1", "--num_train_epochs", "2", "--early_stopping", "true", "--train_size", "12",
+         "--output_dir", str(out), "--synthetic_dir", str(tmp_path / "syn"), "--use_cpu"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     stored = json.loads((out / "search.json").read_text())
+    assert ", 12 training rows (" in stored["data"]
+    # --train_size: the cache extracts the 12 rows trained on, not the whole train split (24 after validation).
+    keyed = [json.loads(p.read_text()) for p in (out / "feature_cache").rglob("key.json")]
+    train_rows = {k["num_rows"] for k in keyed if k["num_rows"] != 8}  # not validation or test (8 rows each)
+    assert train_rows == {12}, sorted(k["num_rows"] for k in keyed)
     rows = {r["variant"]: r for r in stored["rows"]}
     assert {"base", "learning_rate=3e-4", "learning_rate=3e-3"} <= set(rows)
     for row in rows.values():

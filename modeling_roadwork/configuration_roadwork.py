@@ -133,6 +133,12 @@ class RoadworkConfig(PretrainedConfig):
             per-channel standardisation like the linear probe's (running statistics at inference), so channels with a
             small spread (a cone's) are not drowned by large ones. The linear path reads the raw features (it has its
             own normalisation).
+        use_tile_max_token (`bool`, *optional*, defaults to `False`):
+            Append one more token to the attention stack: the element-wise max of the tiles' pooled features (views
+            1..V-1, before pruning; normalised like the views), through the same input projection, with a view
+            embedding of its own. With max-pooled features it is the max over the whole image at the tiles' zoom,
+            the feature on which a linear probe finds small objects that the views' weighted average dilutes. Needs
+            `num_views >= 2`. `last_hidden_state` keeps the views' tokens only.
         use_view_embeddings (`bool`, *optional*, defaults to `True`):
             Add a learned embedding of each view's position (global, tile i, centre, right) before attention, so that
             attention knows which view a token came from.
@@ -263,6 +269,7 @@ class RoadworkConfig(PretrainedConfig):
         view_scorer_reduction: int = 4,
         use_view_embeddings: bool = True,
         view_feature_norm: str = "none",
+        use_tile_max_token: bool = False,
         hidden_size: int = 512,
         use_pyramid: bool = True,
         pyramid_sizes: list[int] | None = None,
@@ -324,6 +331,7 @@ class RoadworkConfig(PretrainedConfig):
         self.view_scorer_reduction = view_scorer_reduction
         self.use_view_embeddings = use_view_embeddings
         self.view_feature_norm = view_feature_norm
+        self.use_tile_max_token = use_tile_max_token
         self.hidden_size = hidden_size
         self.use_pyramid = use_pyramid
         self.pyramid_sizes = list(pyramid_sizes) if pyramid_sizes is not None else [256, 128]
@@ -461,6 +469,8 @@ class RoadworkConfig(PretrainedConfig):
             fail("view_feature_norm", f"must be one of {', '.join(map(repr, VIEW_FEATURE_NORMS))}")
         if self.global_linear_path_input not in LINEAR_PATH_INPUTS:
             fail("global_linear_path_input", f"must be one of {', '.join(map(repr, LINEAR_PATH_INPUTS))}")
+        if self.use_tile_max_token and self.num_views < 2:
+            fail("use_tile_max_token", f"the tile-max token needs tiles: num_views >= 2, got {self.num_views}")
         if self.global_linear_path_input == "global+tile_max" and self.num_views < 2:
             fail("global_linear_path_input", f"'global+tile_max' needs tiles: num_views >= 2, got {self.num_views}")
         if not 0.0 <= self.focal_alpha <= 1.0:

@@ -43,7 +43,8 @@ class RoadworkModelOutput(ModelOutput):
         view_scores (`torch.FloatTensor` of shape `(batch_size, num_kept)`, *optional*):
             Sigmoid scores of the kept views (`None` without pruning).
         view_gates (`torch.FloatTensor` of shape `(batch_size, num_kept)`, *optional*):
-            Importance gates of the view fusion (`None` without it).
+            Importance gates of the view fusion (`None` without it); with `use_tile_max_token` one more column, the
+            tile-max token's, last.
         global_view_features (`torch.FloatTensor` of shape `(batch_size, view_feature_size)`):
             The pooled backbone feature of the global view (view 0), before pruning: what the global linear path reads.
         tile_max_features (`torch.FloatTensor` of shape `(batch_size, view_feature_size)`, *optional*):
@@ -241,7 +242,9 @@ class RoadworkModel(RoadworkPreTrainedModel):
             else None
         )
         self.input_projection = nn.Linear(D, C)
-        self.view_embeddings = nn.Embedding(config.num_views, C) if config.use_view_embeddings else None
+        # With the tile-max token, embedding row `num_views` is that token's.
+        num_positions = config.num_views + int(config.use_tile_max_token)
+        self.view_embeddings = nn.Embedding(num_positions, C) if config.use_view_embeddings else None
         self.pyramid = (
             RoadworkPyramid(hidden_size=C, level_sizes=config.pyramid_sizes, dropout=config.hidden_dropout)
             if config.use_pyramid
@@ -375,9 +378,13 @@ class RoadworkModel(RoadworkPreTrainedModel):
         else:
             kept, scores = normed, None
             kept_indices = torch.arange(V, device=view_features.device).expand(B, V)
-        hidden = self.input_projection(kept)  # (B, K, C)
+        positions = kept_indices
+        if self.config.use_tile_max_token:  # one more token: the tiles' max, before pruning -> (B, K + 1, D)
+            kept = torch.cat([kept, tile_max(normed)[:, None]], dim=1)
+            positions = torch.cat([kept_indices, kept_indices.new_full((B, 1), V)], dim=1)
+        hidden = self.input_projection(kept)  # (B, K (+ 1), C)
         if self.view_embeddings is not None:
-            hidden = hidden + self.view_embeddings(kept_indices)
+            hidden = hidden + self.view_embeddings(positions)
         if self.pyramid is not None:
             hidden = self.pyramid(hidden)
         for layer in self.attention_layers:
@@ -387,7 +394,7 @@ class RoadworkModel(RoadworkPreTrainedModel):
         else:
             fused, gates = hidden.mean(dim=1), None
         return RoadworkModelOutput(
-            last_hidden_state=hidden,
+            last_hidden_state=hidden[:, : kept_indices.shape[1]],  # the views' tokens (not the tile-max token)
             pooler_output=fused,
             kept_view_indices=kept_indices,
             view_scores=scores,

@@ -83,6 +83,8 @@ ABLATIONS = (
              "probe (global_linear_path_input='global+tile_max'; no validation choice here)",
              (("use_global_linear_path", True), ("global_linear_path_init", "probe"),
               ("global_linear_path_input", "global+tile_max"))),
+    Ablation("tile_max_token", "the tiles' element-wise max as one more token of the attention stack "
+             "(use_tile_max_token=True)", (("use_tile_max_token", True),)),
     Ablation(PROBE_VIEW, "no head: a linear probe on the global view at the model's view size (cached view 0); "
              "metadata column = clean images", kind=PROBE_VIEW),
     Ablation(PROBE_224, "no head: a linear probe on the global view at 224 px; metadata column = clean images",

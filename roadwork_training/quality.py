@@ -13,6 +13,8 @@ split and on the synthetic hard splits (`test_small`: roadwork under 1 % of the 
 - `full_tile_max_floor`: the probe floor reading the global view's feature and the tiles' element-wise max
   (`global_linear_path_input="global+tile_max"`); `probe_tile_max`: that floor's probe alone, on the cached views.
   It is part of our model, so it is never one of the peers (`PEER_PROBES`) the benchmark's target compares against.
+- `full_tile_max_token`: the head alone with that max as one more token of its attention stack
+  (`use_tile_max_token=True`): the tile-max feature inside the head instead of beside it.
 - `global_view_only`: the same head on the global view's features alone (`keep_views=(0,)`, one view, no pruning).
 - `probe_view`: `LinearProbe` (standardised features + logistic regression) on the pooled feature of the global
   view at the model's own view size, read from the cache (view 0 is the whole image resized to `view_size`):
@@ -82,6 +84,9 @@ QUALITY_VARIANTS = (
                    "view's feature and the tiles' element-wise max (global_linear_path_input='global+tile_max')",
                    overrides=(("use_global_linear_path", True), ("global_linear_path_init", "probe"),
                               ("global_linear_path_input", "global+tile_max"))),
+    QualityVariant("full_tile_max_token", "the head with the tiles' element-wise max as one more token of its "
+                   "attention stack (use_tile_max_token=True), no linear path",
+                   overrides=(("use_tile_max_token", True), ("use_global_linear_path", False))),
     QualityVariant("global_view_only", "the same head on the global view alone (num_views=1, no pruning)",
                    overrides=(("num_views", 1), ("use_view_pruning", False)), keep_views=(0,)),
     QualityVariant(PROBE_VIEW, "linear probe on the global view at the model's view size (cached view 0)",

@@ -89,14 +89,15 @@ def test_ablation_command_has_probe_rows_and_hard_splits(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "roadwork_training.ablate", "--config", str(config), "--seeds", "1", "--output_dir",
          str(out), "--synthetic_dir", str(tmp_path / "syn"), "--extra_eval_splits", "test_small", "test_distractor",
-         "--ablations", "full", "no_global_linear_path", "tile_max_floor", "probe_view", "probe_224",
-         "probe_tile_max"],
+         "--ablations", "full", "no_global_linear_path", "tile_max_floor", "tile_max_token", "probe_view",
+         "probe_224", "probe_tile_max"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "ablations.json").read_text())
     assert [r["ablation"] for r in result["rows"]] == ["full", "no_global_linear_path", "tile_max_floor",
-                                                       "probe_view", "probe_224", "probe_tile_max"]  # fmt: skip
+                                                       "tile_max_token", "probe_view", "probe_224",
+                                                       "probe_tile_max"]  # fmt: skip
     for row in result["rows"]:
         assert {"test_small_serving_mcc_mean", "test_distractor_serving_mcc_mean", "serving_mcc_mean"} <= set(row)
     assert "test_distractor serving MCC" in (out / "ablations.md").read_text()

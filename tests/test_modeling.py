@@ -614,3 +614,49 @@ def test_batch_view_feature_norm_standardises_the_heads_input_and_round_trips(tm
     assert torch.isfinite(single(view_features=torch.randn(1, 1, config.view_feature_size)).logits).all()
     with pytest.raises(ValueError, match="view_feature_norm='layer'.*must be one of"):
         tiny_config(view_feature_norm="layer")
+
+
+def test_tile_max_token_joins_the_attention_stack_and_round_trips(tmp_path):
+    """use_tile_max_token: the tiles' max (before pruning) is one more token, with its own view embedding."""
+    torch.manual_seed(0)
+    config = tiny_config(use_tile_max_token=True, use_metadata=False, view_feature_norm="batch")
+    model = RoadworkForImageClassification(config)
+    assert model.roadwork.view_embeddings.num_embeddings == config.num_views + 1
+    plain = RoadworkForImageClassification(tiny_config(use_metadata=False))
+    assert plain.roadwork.view_embeddings.num_embeddings == config.num_views, "off by default"
+    features = torch.randn(4, config.num_views, config.view_feature_size)
+    seen = {}
+    model.roadwork.input_projection.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    model.eval()
+    with torch.no_grad():
+        vision = model.roadwork(view_features=features)
+    K = config.num_kept_views
+    assert seen["x"].shape == (4, K + 1, config.view_feature_size)
+    # The extra token is the max over the normalised tiles, every tile, whatever pruning kept.
+    normed = model.roadwork._normalise(features)
+    torch.testing.assert_close(seen["x"][:, -1], normed[:, 1:].amax(dim=1))
+    assert vision.last_hidden_state.shape == (4, K, config.hidden_size), "the views' tokens only"
+    assert vision.view_gates.shape == (4, K + 1)
+    # The fused vector depends on the token: blank it (and only it) and the output moves.
+    def blank_token(module, args):
+        x = args[0].clone()
+        x[:, -1] = 0.0
+        return (x,)
+
+    handle = model.roadwork.input_projection.register_forward_pre_hook(blank_token)
+    with torch.no_grad():
+        blanked = model.roadwork(view_features=features)
+    handle.remove()
+    assert (blanked.pooler_output - vision.pooler_output).abs().max() > 1e-4
+    torch.testing.assert_close(blanked.kept_view_indices, vision.kept_view_indices)
+    # Gradients reach the token's embedding row; save / load round trip.
+    model.train()
+    model(view_features=features, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    assert model.roadwork.view_embeddings.weight.grad[config.num_views].abs().sum() > 0
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = RoadworkForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(view_features=features).logits, model(view_features=features).logits)
+    with pytest.raises(ValueError, match="use_tile_max_token.*num_views >= 2"):
+        tiny_config(use_tile_max_token=True, num_views=1, use_view_pruning=False)

@@ -313,6 +313,24 @@ def check_adapter_targets(
     return {"targets": targets, "trained_heads": heads}
 
 
+def freeze_batch_norm_statistics(model: nn.Module) -> list[str]:
+    """
+    Keeps the running statistics of the base's batch norms (`view_feature_norm="batch"`) where the base left them.
+
+    PEFT freezes the base's parameters, but a batch norm in train mode still moves its running mean and variance,
+    which are base buffers: they are not in the adapter, so the model an adapter was trained as would not be the one
+    it is loaded onto. Momentum 0 keeps the statistics fixed while training still normalises with the batch's, as
+    the base trained. Returns the names of the norms it froze.
+    """
+    frozen = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            if "backbone" not in name.split("."):  # the frozen backbone runs in eval mode anyway
+                module.momentum = 0.0
+                frozen.append(name)
+    return frozen
+
+
 def apply_dora(model: nn.Module, args: DoraArguments, base_name: str, revision: str | None = None):
     """Checks the targets ([`check_adapter_targets`]) and wraps `model` in a PEFT model with the DoRA adapter; prints
     the trainable parameters. `adapter_config.json` will name `base_name` and `revision`."""
@@ -325,6 +343,7 @@ def apply_dora(model: nn.Module, args: DoraArguments, base_name: str, revision: 
         base_model_name_or_path=base_name, revision=revision,
     )  # fmt: skip
     model.name_or_path = base_name  # what PEFT writes as base_model_name_or_path
+    freeze_batch_norm_statistics(model)
     peft_model = get_peft_model(model, config)
     peft_model.print_trainable_parameters()
     return peft_model

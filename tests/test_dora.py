@@ -19,7 +19,9 @@ import torch
 from roadwork_testing import BLOCK_PROJECT_IMPORTS, tiny_config, tiny_dinov3_config
 
 from roadwork_training.dora import (
+    DoraArguments,
     DoraConfigError,
+    apply_dora,
     build_folds,
     check_adapter_targets,
     load_base_model,
@@ -142,6 +144,30 @@ def test_adapter_targets_match_the_head_only(tiny_model):
     # and we say so.
     heads = ["classifier", "global_classifier", "view_classifier", "weather_classifier"]
     assert sorted(found["trained_heads"]) == heads
+
+
+def test_adapter_training_leaves_the_bases_batch_norm_statistics_alone():
+    """With view_feature_norm='batch' the norm's running statistics are base buffers, not in the adapter: they must
+    not move while the adapter trains, or the reloaded adapter would run on other statistics than it trained with."""
+    from modeling_roadwork import RoadworkForImageClassification
+
+    torch.manual_seed(0)
+    base = RoadworkForImageClassification(tiny_config(view_feature_norm="batch", use_metadata=False))
+    norm = base.roadwork.feature_norm
+    norm.running_mean.fill_(0.5)
+    before = norm.running_mean.clone(), norm.running_var.clone()
+    peft_model = apply_dora(base, DoraArguments(), "tiny")
+    peft_model.train()
+    features = torch.randn(6, base.config.num_views, base.config.view_feature_size) * 3 + 2
+    out = peft_model(view_features=features, labels=torch.tensor([0, 1] * 3))
+    out.loss.backward()
+    torch.testing.assert_close(norm.running_mean, before[0])
+    torch.testing.assert_close(norm.running_var, before[1])
+    # Without the freeze the same forward moves them (so the check above can fail).
+    moving = RoadworkForImageClassification(tiny_config(view_feature_norm="batch", use_metadata=False)).train()
+    start = moving.roadwork.feature_norm.running_mean.clone()
+    moving(view_features=features)
+    assert not torch.allclose(moving.roadwork.feature_norm.running_mean, start)
 
 
 def test_bad_adapter_targets_fail_before_training(tiny_model):

@@ -22,6 +22,7 @@ from .schema import (
     load_roadwork_splits,
 )
 from .synthetic import SyntheticDatasetConfig, ensure_synthetic_dataset, generate_synthetic_dataset
+from .view_coverage import VIEW_COVERAGE_COLUMN, view_coverage
 
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "RoadworkValidatorTransform",
     "RoadworkViewAugmenter",
     "SyntheticDatasetConfig",
+    "VIEW_COVERAGE_COLUMN",
     "build_augmentation",
     "build_vocabularies",
     "decode_seg_masks",
@@ -48,4 +50,5 @@ __all__ = [
     "prepare_gps_weighting",
     "labels_array",
     "load_roadwork_splits",
+    "view_coverage",
 ]

@@ -423,7 +423,7 @@ class RoadworkValidatorTransform:
         if level not in _LEVEL_DISTORTIONS:
             raise ValueError(f"level must be 0..3, got {level}")
         image = image.convert("RGB")
-        params: dict[str, Any] = {"applied": True, "level": level}
+        params: dict[str, Any] = {"applied": True, "level": level, "source_size": image.size}
         size = (self.target_size, self.target_size)
         if level == 0:
             width, height = image.size
@@ -460,6 +460,63 @@ class RoadworkValidatorTransform:
             image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
         self.last_params = params
         return image
+
+    def warp_masks(self, masks: np.ndarray, params: dict[str, Any] | None = None, size: int | None = None,
+                   source_size: tuple[int, int] | None = None) -> np.ndarray:  # fmt: skip
+        """
+        Masks of the source image -> the same masks in the challenge's frame: the geometry of a call (`params`,
+        defaults to `self.last_params`: the centre crop, or the rotation, crop and flips) applied to masks that
+        cover the whole source image at any resolution. Outside the rotated image they are 0.
+        Unchanged masks when the call made no challenge.
+
+        Args:
+            masks (`np.ndarray` of shape `(K, h, w)`): values in [0, 1] over the whole source image.
+            params (`dict`, *optional*): a call's `last_params`.
+            size (`int`, *optional*): side of the output masks; defaults to `target_size`.
+            source_size (`tuple[int, int]`, *optional*): (width, height) of the image the call transformed;
+                defaults to the one the call recorded (`params["source_size"]`).
+
+        Returns:
+            `np.ndarray` of shape `(K, size, size)`, float32.
+        """
+        params = self.last_params if params is None else params
+        masks = np.asarray(masks, dtype=np.float32)
+        if masks.ndim != 3:
+            raise ValueError(f"masks must be (K, h, w), got {masks.shape}")
+        if not params.get("applied", False):
+            return masks
+        size = int(size or self.target_size)
+        width, height = source_size or params["source_size"]
+        _, mask_h, mask_w = masks.shape
+        # One affine map from output pixel centres (u + 0.5, v + 0.5) to mask pixel indices, built in the
+        # continuous coordinates PIL's resize(box=...) and rotate() use (pixel i spans [i, i + 1)).
+        if params["level"] == 0:
+            side = min(width, height)
+            left, top = int(round((width - side) / 2.0)), int(round((height - side) / 2.0))
+            to_source = np.array([[side / size, 0.0, left], [0.0, side / size, top], [0.0, 0.0, 1.0]])
+        else:
+            top, left, crop_h, crop_w = params["crop"]
+            flip = np.eye(3)
+            if params["hflip"]:
+                flip = np.array([[-1.0, 0.0, size], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ flip
+            if params["vflip"]:
+                flip = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, size], [0.0, 0.0, 1.0]]) @ flip
+            crop = np.array([[crop_w / size, 0.0, left], [0.0, crop_h / size, top], [0.0, 0.0, 1.0]])
+            # PIL's rotate(angle) samples the source at R(-angle) about the centre (counter-clockwise on screen).
+            theta = -math.radians(params["angle"])
+            cos, sin = math.cos(theta), math.sin(theta)
+            cx, cy = width / 2.0, height / 2.0
+            rotate = np.array([[cos, sin, cx - cos * cx - sin * cy], [-sin, cos, cy + sin * cx - cos * cy],
+                               [0.0, 0.0, 1.0]])  # fmt: skip
+            to_source = rotate @ crop @ flip
+        to_mask = np.array([[mask_w / width, 0.0, -0.5], [0.0, mask_h / height, -0.5], [0.0, 0.0, 1.0]])
+        centres = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+        matrix = (to_mask @ to_source @ centres)[:2].astype(np.float64)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        return np.stack([
+            cv2.warpAffine(m, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+            for m in masks
+        ]).astype(np.float32)  # fmt: skip
 
     def applies(self, seed: int | None) -> bool:
         """Whether the call with this `seed` makes a challenge (always at `probability` 1), without an image."""

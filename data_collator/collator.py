@@ -53,6 +53,7 @@ from .schema import (
     decode_seg_masks,
     scan_metadata,
 )
+from .view_coverage import VIEW_COVERAGE_COLUMN, view_coverage
 
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ FORWARD_KEYS = (
     "weather_labels",
     "seg_masks",
     "seg_mask_valid",
+    "view_coverage",
 )
 VIEW_FEATURES_COLUMN = "view_features"
 TEXT_EMBEDS_COLUMN = "text_embeds"
@@ -149,11 +151,15 @@ class RoadworkDataset(torch.utils.data.Dataset):
     Each example is a dict: ``pixel_values`` (V, 3, S, S) float32 (or ``view_features`` (V, D) when the row
     carries cached features), ``gps`` (2,) float32, ``weather_ids`` / ``daytime_ids`` / ``scene_ids`` /
     ``weather_labels`` ints, ``description`` (str or None), ``labels`` (int, when the row has a label),
-    ``text_embeds`` (when cached in the row), ``seg_masks`` ((K, h, w) float32 or None), ``id``; or, for an
-    undecodable image, ``{"corrupt": True, "id": ..., "labels": ...}``.
+    ``text_embeds`` (when cached in the row), ``seg_masks`` ((K, h, w) float32 or None), ``view_coverage``
+    ((V,) float32 or None: the share of each view's area the masks cover, see `data_collator.view_coverage`; also
+    read from a cached row's column), ``id``; or, for an undecodable image, ``{"corrupt": True, "id": ..., "labels":
+    ...}``.
 
-    Masks follow view 0 (the whole image) through its augmentation. A whole-image transform crops and
-    rotates the image, so an example it changed has no masks (``seg_masks`` None).
+    Masks follow the validators' challenge transform (`RoadworkValidatorTransform.warp_masks`) and then view 0 (the
+    whole image) through its augmentation; `view_coverage` is measured after the whole-image transform, before the
+    per-view augmentation (a flip or a small rotation of a tile keeps what it shows). Any other whole-image
+    transform drops the masks (``seg_masks`` and ``view_coverage`` None).
     """
 
     def __init__(
@@ -243,16 +249,18 @@ class RoadworkDataset(torch.utils.data.Dataset):
         if label is not None:
             example["labels"] = int(label)
 
-        masks = None
+        masks, coverage = None, None
         if row.get(VIEW_FEATURES_COLUMN) is not None:
             example["view_features"] = torch.as_tensor(np.asarray(row[VIEW_FEATURES_COLUMN]), dtype=torch.float32)
+            if row.get(VIEW_COVERAGE_COLUMN) is not None:  # cached beside the features
+                coverage = np.asarray(row[VIEW_COVERAGE_COLUMN], dtype=np.float32)
         else:
             try:
                 image, transformed = self._prepare_image(row.get(IMAGE_COLUMN), index, draw)
-                views = self.image_processor.extract_views(image)  # (V, S, S, 3) uint8
+                views, boxes = self.image_processor.extract_views(image, return_boxes=True)  # (V, S, S, 3) uint8
             except Exception as error:  # noqa: BLE001 - any undecodable image must not end a long run
                 return self._corrupt(example, index, error)
-            masks = None if transformed else self._masks(row)
+            masks, coverage = self._frame_masks(row, transformed, boxes)
             if self.augmenter is not None and self.augmenter.enabled:
                 seed = example_seed(self.seed, self.epoch, index, SEED_STREAM_VIEWS, draw)
                 if masks is not None:
@@ -263,6 +271,8 @@ class RoadworkDataset(torch.utils.data.Dataset):
             example["pixel_values"] = self.image_processor.normalize(views)  # (V, 3, S, S) float32
         if self.with_seg_masks:
             example["seg_masks"] = masks
+        if self.with_seg_masks or VIEW_COVERAGE_COLUMN in row:  # None: this row has no masks
+            example[VIEW_COVERAGE_COLUMN] = coverage
 
         example.update(self._metadata(row, index, draw))
         if row.get(TEXT_EMBEDS_COLUMN) is not None:
@@ -302,6 +312,25 @@ class RoadworkDataset(torch.utils.data.Dataset):
         if applies is not None and not applies(seed):
             return raw, False  # left whole, not even decoded here: exactly the untransformed example
         return self.image_transform(self.image_processor.load_image(raw), seed=seed), True
+
+    def _frame_masks(self, row: Mapping[str, Any], transformed: bool, boxes) -> tuple[Any, Any]:
+        """
+        The row's masks in the frame the views were cut from, and each view's roadwork coverage (`view_coverage`);
+        (None, None) without masks. A whole-image transform that can move masks (`warp_masks`, the validators'
+        challenge) takes them along; any other transform drops them.
+        """
+        masks = self._masks(row)
+        if masks is None:
+            return None, None
+        image_size = (boxes[0][2], boxes[0][3])  # view 0 is the whole image the views were cut from
+        union = masks.max(axis=0)  # (h, w): any roadwork class
+        if transformed:
+            warp = getattr(self.image_transform, "warp_masks", None)
+            if warp is None:
+                return None, None
+            union = warp(union[None], size=image_size[0])[0]
+            masks = warp(masks, size=masks.shape[-1])
+        return masks, view_coverage(union, image_size, boxes)
 
     def _masks(self, row: Mapping[str, Any]) -> np.ndarray | None:
         if not self.with_seg_masks:
@@ -359,7 +388,8 @@ class RoadworkDataCollator:
     float32 or ``view_features`` (B, V, D) float32; ``gps`` (B, 2) float32; ``weather_ids``, ``daytime_ids``,
     ``scene_ids``, ``weather_labels`` (B,) int64; ``text_embeds`` (B, 384) float32; ``labels`` (B,) int64 when
     every example has one; ``seg_masks`` (B, 6, H, W) float32 and ``seg_mask_valid`` (B,) bool when the
-    examples carry the key.
+    examples carry the key; ``view_coverage`` (B, V) float32 (NaN rows where an example has no masks) when any
+    example has it.
     """
 
     text_embedder: Callable[[list[str | None]], torch.Tensor] | None = None
@@ -419,7 +449,23 @@ class RoadworkDataCollator:
 
         if any("seg_masks" in e for e in good):
             batch["seg_masks"], batch["seg_mask_valid"] = self._seg_masks(good)
+        coverage = self._view_coverage(good)
+        if coverage is not None:
+            batch[VIEW_COVERAGE_COLUMN] = coverage
         return batch
+
+    @staticmethod
+    def _view_coverage(examples: Sequence[Mapping[str, Any]]) -> torch.Tensor | None:
+        """(B, V) float32 roadwork coverage of every view, NaN rows for examples without masks; None if none has."""
+        present = [e.get(VIEW_COVERAGE_COLUMN) for e in examples]
+        known = [np.asarray(c, dtype=np.float32) for c in present if c is not None]
+        if not known:
+            return None
+        out = torch.full((len(examples), known[0].shape[-1]), float("nan"), dtype=torch.float32)
+        for i, value in enumerate(present):
+            if value is not None:
+                out[i] = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        return out
 
     def _text_embeds(self, examples: Sequence[Mapping[str, Any]], batch_size: int) -> torch.Tensor:
         if all(e.get("text_embeds") is not None for e in examples):

@@ -504,20 +504,24 @@ class RoadworkImageProcessor(BaseImageProcessor):
         rgb, _, _, _ = self._decode(image, fast_decode=False)
         return rgb
 
-    def extract_views(self, image: Any, fast_decode: bool | None = None) -> np.ndarray:
+    def extract_views(self, image: Any, fast_decode: bool | None = None, return_boxes: bool = False):
         """
         Decode one image and cut its views, before normalisation (for per-view augmentation).
 
         Args:
             image: one image, in any form [`~RoadworkImageProcessor.preprocess`] takes.
             fast_decode (`bool`, *optional*): overrides `self.fast_decode` for this call.
+            return_boxes (`bool`, *optional*, defaults to `False`): also return the view boxes.
 
         Returns:
             `np.ndarray`: (V, S, S, 3) uint8 views, in view order; [`~RoadworkImageProcessor.normalize`] turns
-            them into what `preprocess` returns for the image.
+            them into what `preprocess` returns for the image. With `return_boxes`, `(views, boxes)`: the boxes
+            `(left, top, right, bottom)` in the upright full-resolution image (box 0, the global view, is the
+            whole image, so it gives the image's size).
         """
-        views, _ = self._views(image, self.fast_decode if fast_decode is None else fast_decode)
-        return views.permute(0, 2, 3, 1).numpy()  # (V, 3, S, S) -> (V, S, S, 3), no copy
+        views, boxes = self._views(image, self.fast_decode if fast_decode is None else fast_decode)
+        views = views.permute(0, 2, 3, 1).numpy()  # (V, 3, S, S) -> (V, S, S, 3), no copy
+        return (views, boxes) if return_boxes else views
 
     def normalize(self, views: Any, do_normalize: bool | None = None) -> torch.Tensor:
         """

@@ -18,7 +18,9 @@ Cached rows keep every column of the split except the image (and masks), plus `r
 `has_features` (False for an image that did not decode: it stays a dropped example, as in live training) and
 `view_features` (V, D). [`RoadworkCachedDataset`] reads them through `RoadworkDataset`, so metadata parsing,
 metadata dropout and the evaluation conditions work as in live training, and cycles the passes across epochs.
-Segmentation masks are not cached: training from the cache skips the segmentation loss.
+Segmentation masks are not cached: training from the cache skips the segmentation loss. A split with a `seg_masks`
+column stores, instead, each view's roadwork coverage in this pass's geometry (`view_coverage` (V,), None for a row
+without masks), which the per-view detector learns from.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from data_collator import (
 )
 from data_collator.collator import VIEW_FEATURES_COLUMN
 from data_collator.schema import ID_COLUMN, IMAGE_COLUMN, LABEL_COLUMN, SEG_MASKS_COLUMN, get_column
+from data_collator.view_coverage import VIEW_COVERAGE_COLUMN
 
 from .metrics import CONDITIONS
 
@@ -188,7 +191,7 @@ class CachePass:
             transform = RoadworkValidatorTransform(probability=self.transform_probability)
         dataset = RoadworkDataset(
             split, image_processor, augmentation=augmenter, image_transform=transform, seed=self.seed,
-            with_seg_masks=False, scan_metadata_on_init=False, use_metadata=False,
+            with_seg_masks=has_seg_masks(split), scan_metadata_on_init=False, use_metadata=False,
         )  # fmt: skip
         dataset.set_epoch(self.epoch)
         return dataset
@@ -217,6 +220,8 @@ def cache_key(
         "num_rows": len(split),
         "dtype": dtype,
     }
+    if has_seg_masks(split):  # such passes store view_coverage; keys of mask-free splits stay as they were
+        described["view_coverage"] = True
     pooling = pooling or getattr(config, "backbone_pooling", "native")
     if pooling != "native":  # only then, so that caches extracted before the field existed keep their keys
         described["backbone_pooling"] = pooling
@@ -258,12 +263,21 @@ class _IndexedDataset(torch.utils.data.Dataset):
         return index, self.dataset[index]
 
 
+def has_seg_masks(split) -> bool:
+    """Whether a split has a `seg_masks` column: its passes then store each view's roadwork coverage."""
+    return SEG_MASKS_COLUMN in (getattr(split, "column_names", None) or ())
+
+
 def _collate_pixels(items):
-    """-> (row indices, rows whose image did not decode, pixel_values (B, V, 3, S, S) or None)."""
+    """
+    -> (row indices, rows whose image did not decode, pixel_values (B, V, 3, S, S) or None, {row: view coverage (V,)
+    for rows with masks}).
+    """
     good = [(i, e["pixel_values"]) for i, e in items if not e.get("corrupt", False)]
     corrupt = [i for i, e in items if e.get("corrupt", False)]
     pixels = torch.stack([torch.as_tensor(p) for _, p in good]) if good else None
-    return [i for i, _ in good], corrupt, pixels
+    coverage = {i: e[VIEW_COVERAGE_COLUMN] for i, e in items if e.get(VIEW_COVERAGE_COLUMN) is not None}
+    return [i for i, _ in good], corrupt, pixels, coverage
 
 
 def _model_device(model) -> torch.device:
@@ -380,7 +394,9 @@ class RoadworkFeatureExtractor:
                 collate_fn=_collate_pixels, shuffle=False,
             )  # fmt: skip
             features: dict[int, np.ndarray] = {}
-            for rows, corrupt, pixels in loader:
+            coverage: dict[int, np.ndarray] = {}
+            for rows, corrupt, pixels, covered in loader:
+                coverage.update(covered)
                 if pixels is not None:
                     out = base.extract_view_features(pixels.to(device))  # (B, V, D) float32
                     for row, value in zip(rows, out.cpu().numpy().astype(self.dtype)):
@@ -390,17 +406,18 @@ class RoadworkFeatureExtractor:
                         "feature cache: rows %s have no decodable image; they stay dropped examples", corrupt
                     )
                 bar.update(len(rows) + len(corrupt))
-            self._write_shard(split, cache_pass, directory, shard, start, stop, features)
+            self._write_shard(split, cache_pass, directory, shard, start, stop, features, coverage)
         bar.close()
 
-    def _write_shard(self, split, cache_pass, directory: Path, shard: int, start: int, stop: int, features) -> None:
+    def _write_shard(self, split, cache_pass, directory: Path, shard: int, start: int, stop: int, features,
+                     coverage: Mapping[int, np.ndarray]) -> None:  # fmt: skip
         import datasets
 
         config = _roadwork_base(self.model).config
         shape = (config.num_views, config.view_feature_size)
         meta = split.select(range(start, stop))
-        meta = meta.remove_columns([c for c in (IMAGE_COLUMN, SEG_MASKS_COLUMN, VIEW_FEATURES_COLUMN)
-                                    if c in meta.column_names])  # fmt: skip
+        stored_elsewhere = (IMAGE_COLUMN, SEG_MASKS_COLUMN, VIEW_FEATURES_COLUMN, VIEW_COVERAGE_COLUMN)
+        meta = meta.remove_columns([c for c in stored_elsewhere if c in meta.column_names])
         rows = list(range(start, stop))
         added = datasets.Dataset.from_dict(
             {
@@ -415,6 +432,12 @@ class RoadworkFeatureExtractor:
                 VIEW_FEATURES_COLUMN: datasets.Array2D(shape=shape, dtype=self.dtype),
             }),
         )  # fmt: skip
+        if has_seg_masks(split):  # None for a row without masks
+            added = added.add_column(
+                VIEW_COVERAGE_COLUMN,
+                [coverage[row].astype(np.float32).tolist() if row in coverage else None for row in rows],
+                feature=datasets.Sequence(datasets.Value("float32"), length=config.num_views),
+            )  # fmt: skip
         table = datasets.concatenate_datasets([meta, added], axis=1)
         final = self._shard_path(directory, shard)
         tmp = directory / f".tmp-{final.name}-{os.getpid()}"
@@ -493,6 +516,8 @@ class CachedSplit:
             row[VIEW_FEATURES_COLUMN] = None  # no decodable image: RoadworkDataset flags it corrupt
         elif self.keep_views is not None:
             row[VIEW_FEATURES_COLUMN] = np.asarray(features)[self.keep_views]
+        if self.keep_views is not None and row.get(VIEW_COVERAGE_COLUMN) is not None:
+            row[VIEW_COVERAGE_COLUMN] = np.asarray(row[VIEW_COVERAGE_COLUMN])[self.keep_views]
         return row
 
 

@@ -233,3 +233,34 @@ def test_validator_transform_applies_predicts_the_calls_draw():
         half(image, seed=seed)
         assert half.applies(seed) == half.last_params["applied"]
     assert all(RoadworkValidatorTransform().applies(seed) for seed in range(30))
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (960, 540)])
+def test_validator_warp_masks_lands_where_the_transform_puts_the_pixels(size):
+    """A white box drawn on the image and on a 32x32 mask: after the challenge the warped mask covers the box."""
+    from PIL import ImageDraw
+
+    width, height = size
+    box = (int(width * 0.3), int(height * 0.4), int(width * 0.6), int(height * 0.7))
+    image = Image.new("RGB", size, (90, 90, 90))
+    ImageDraw.Draw(image).rectangle(box, fill=(255, 255, 255))
+    canvas = Image.new("L", (128, 128), 0)
+    ImageDraw.Draw(canvas).rectangle(
+        (box[0] * 128 / width, box[1] * 128 / height, box[2] * 128 / width, box[3] * 128 / height), fill=255
+    )
+    mask = (np.asarray(canvas.resize((32, 32), Image.BOX), dtype=np.float32) / 255.0)[None]  # (1, 32, 32)
+    transform = RoadworkValidatorTransform(jpeg_quality=None)
+    flips = set()
+    for seed in range(8):
+        for level in (0, 1):
+            out = transform(image, seed=seed, level=level)
+            white = np.asarray(out)[..., 0] > 170
+            warped = transform.warp_masks(mask)  # (1, 224, 224)
+            assert warped.shape == (1, 224, 224) and warped.dtype == np.float32
+            covered = warped[0] > 0.5
+            iou = (white & covered).sum() / max((white | covered).sum(), 1)
+            assert iou > 0.9, (seed, level, transform.last_params, iou)
+            flips.add((transform.last_params.get("hflip"), transform.last_params.get("vflip")))
+    assert {(True, False), (False, True), (True, True)} <= flips  # every flip was exercised
+    assert transform.warp_masks(mask, params={"applied": False}) is not None
+    np.testing.assert_array_equal(transform.warp_masks(mask, params={"applied": False}), mask)

@@ -29,6 +29,7 @@ from data_collator.schema import (
     labels_array,
 )
 from data_collator.synthetic import SyntheticDatasetConfig, generate_row
+from data_collator.view_coverage import view_coverage
 from modeling_roadwork.image_processing_roadwork import RoadworkImageProcessor
 
 
@@ -172,6 +173,7 @@ def test_collator_keys_shapes_and_dtypes(rows, processor):
         "weather_labels": ((B,), torch.int64),
         "seg_masks": ((B, 6, 32, 32), torch.float32),
         "seg_mask_valid": ((B,), torch.bool),
+        "view_coverage": ((B, V), torch.float32),
     }
     assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == expected
     assert torch.isfinite(batch["pixel_values"]).all()
@@ -227,13 +229,44 @@ def test_validator_image_transform_feeds_the_processor(rows, processor):
     dataset = RoadworkDataset(rows[:2], processor, VOCABS, image_transform="validator", seed=0)
     example = dataset[0]
     assert example["pixel_values"].shape == (12, 3, VIEW_SIZE, VIEW_SIZE)
-    assert example["seg_masks"] is None  # a cropped / rotated image no longer matches the masks
     with pytest.raises(ValueError, match="image_transform"):
         RoadworkDataset(rows, processor, VOCABS, augmentation="validator")
 
 
-def test_partial_validator_transform_keeps_masks_only_where_it_did_not_act(rows, processor):
-    """--serving_augmentation below 1: rows left whole keep their masks; challenges (cropped, rotated) lose them."""
+def test_challenge_masks_and_view_coverage_follow_the_transform(rows, processor):
+    """The validators' challenge moves the masks with the image; view_coverage is measured in the challenge frame."""
+    row = next(r for r in rows if r["seg_masks"] is not None and r["label"] == 1)
+    transform = RoadworkValidatorTransform()
+    dataset = RoadworkDataset([row], processor, VOCABS, image_transform=transform, seed=0)
+    example = dataset[0]
+    source = decode_seg_masks(row["seg_masks"])
+    assert transform.last_params["applied"] and transform.last_params["source_size"] == (row["width"], row["height"])
+    np.testing.assert_allclose(example["seg_masks"], transform.warp_masks(source, size=source.shape[-1]), atol=1e-6)
+    union = transform.warp_masks(source.max(axis=0)[None], size=224)[0]
+    expected = view_coverage(union, (224, 224), processor.view_boxes(224, 224))
+    np.testing.assert_allclose(example["view_coverage"], expected, atol=1e-6)
+    assert example["view_coverage"].shape == (12,) and example["view_coverage"][0] > 0
+    # untransformed: the coverage of the source masks over the source image's boxes
+    plain = RoadworkDataset([row], processor, VOCABS, seed=0)[0]["view_coverage"]
+    boxes = processor.view_boxes(row["width"], row["height"])
+    np.testing.assert_allclose(plain, view_coverage(source.max(axis=0), (row["width"], row["height"]), boxes),
+                               atol=1e-6)  # fmt: skip
+    # a transform that cannot move masks drops them (and so the coverage)
+    dropped = RoadworkDataset([row], processor, VOCABS, image_transform=lambda image, seed=None: image, seed=0)[0]
+    assert dropped["seg_masks"] is None and dropped["view_coverage"] is None
+
+
+def test_view_coverage_is_the_mask_mean_over_each_box():
+    union = np.zeros((40, 80), dtype=np.float32)
+    union[0:10, 0:20] = 1.0  # the top-left quarter of the top-left quarter
+    boxes = [(0, 0, 160, 80), (0, 0, 40, 20), (0, 0, 80, 40), (80, 40, 160, 80)]
+    np.testing.assert_allclose(view_coverage(union, (160, 80), boxes), [1 / 16, 1.0, 0.25, 0.0], atol=0.02)
+    with pytest.raises(ValueError, match=r"\(h, w\)"):
+        view_coverage(np.zeros((1, 4, 4)), (4, 4), boxes)
+
+
+def test_partial_validator_transform_keeps_source_masks_where_it_did_not_act(rows, processor):
+    """--serving_augmentation below 1: rows left whole keep their masks as they are; challenges get them warped."""
     with_masks = [r for r in rows if r["seg_masks"] is not None][:6]
     transform = RoadworkValidatorTransform(probability=0.5)
     dataset = RoadworkDataset(with_masks, processor, VOCABS, image_transform=transform, seed=1)
@@ -244,7 +277,10 @@ def test_partial_validator_transform_keeps_masks_only_where_it_did_not_act(rows,
             example = dataset[i]
             applied = transform.applies(example_seed(1, epoch, i, SEED_STREAM_TRANSFORM, 0))
             outcomes.append(applied)
-            assert (example["seg_masks"] is None) == applied
+            source = decode_seg_masks(with_masks[i]["seg_masks"])
+            assert example["seg_masks"] is not None
+            if source.max() > 0:  # a roadwork-free row's masks are zero in any frame
+                assert np.allclose(example["seg_masks"], source, atol=1e-6) != applied
             if not applied:  # untouched: exactly the plain training example
                 plain = RoadworkDataset(with_masks, processor, VOCABS, seed=1)
                 plain.set_epoch(epoch)

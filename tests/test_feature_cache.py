@@ -280,3 +280,38 @@ def test_serving_augmentation_passes_hold_live_trainings_challenges(train_split,
     changed = [i for i, a in enumerate(applied) if a]
     torch.testing.assert_close(cached[kept], clean[kept].float(), atol=2e-3, rtol=2e-3)
     assert (cached[changed] - clean[changed].float()).abs().amax(dim=(1, 2)).min() > 1e-2
+
+
+def test_passes_of_a_masked_split_store_each_views_coverage(train_split, model, processor, tmp_path):
+    """A split with seg_masks: every pass stores the live dataset's view_coverage, and training examples carry it."""
+    from roadwork_training.feature_cache import cache_key
+
+    assert "seg_masks" in train_split.column_names
+    cache = RoadworkFeatureCache(RoadworkFeatureExtractor(model, processor, tmp_path, progress=False), num_passes=1)
+    dataset = cache.train_dataset(train_split, processor, model.config, None, SEED, serving_augmentation=1.0)
+    live = cache.training_passes(None, SEED, serving_augmentation=1.0)[0].dataset(train_split, processor)
+    rows_with_masks = 0
+    for i in range(len(train_split)):
+        expected = live[i]["view_coverage"]
+        cached = dataset[i]["view_coverage"]
+        if expected is None:
+            assert cached is None
+            continue
+        rows_with_masks += 1
+        np.testing.assert_allclose(cached, expected, atol=1e-6)
+    assert rows_with_masks > 0
+    batch = RoadworkDataCollator()([dataset[i] for i in range(len(train_split))])
+    assert batch["view_coverage"].shape == (len(train_split), 12)
+    assert (batch["view_coverage"].isnan().all(dim=1).sum().item() == len(train_split) - rows_with_masks)
+
+    # keep_views narrows the coverage like the features; a mask-free split's key and columns are as before
+    single = RoadworkFeatureCache(cache.extractor, num_passes=1, keep_views=[0]).train_dataset(
+        train_split, processor, model.config, None, SEED, serving_augmentation=1.0
+    )
+    first = next(i for i in range(len(train_split)) if dataset[i]["view_coverage"] is not None)
+    np.testing.assert_allclose(single[first]["view_coverage"], dataset[first]["view_coverage"][:1])
+    plain = train_split.remove_columns("seg_masks")
+    _, described = cache_key(model, processor, plain, CachePass.clean())
+    assert "view_coverage" not in described
+    assert "view_coverage" in cache_key(model, processor, train_split, CachePass.clean())[1]
+    assert "view_coverage" not in cache.extractor.extract(plain, CachePass.clean()).column_names

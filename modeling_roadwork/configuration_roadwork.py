@@ -139,6 +139,19 @@ class RoadworkConfig(PretrainedConfig):
             embedding of its own. With max-pooled features it is the max over the whole image at the tiles' zoom,
             the feature on which a linear probe finds small objects that the views' weighted average dilutes. Needs
             `num_views >= 2`. `last_hidden_state` keeps the views' tokens only.
+        use_view_detector (`bool`, *optional*, defaults to `False`):
+            A per-view roadwork detector (`view_detector`: LayerNorm + MLP, one logit per view) on every view's pooled
+            backbone feature, before pruning. Its largest view logit is added to the Roadwork logit, so an object that
+            one tile sees counts for the whole image however the fusion weighs that tile. Where the training rows have
+            masks (`view_coverage`: the share of each view the roadwork masks cover, measured in the frame the views
+            were cut from), each view is supervised on its own (`detector_loss`): positive when the masks cover at
+            least `view_detector_positive_coverage` of it, negative when they cover under a tenth of that, ignored in
+            between. Needs `num_labels == 2`.
+        view_detector_hidden_size (`int`, *optional*, defaults to 64):
+            Hidden width of the per-view detector's MLP.
+        view_detector_positive_coverage (`float`, *optional*, defaults to 0.001):
+            Share of a view's area the roadwork masks must cover for the view to be a positive of the detector loss
+            (0.001 of a 160 px view is 5x5 pixels: a distant cone).
         use_view_embeddings (`bool`, *optional*, defaults to `True`):
             Add a learned embedding of each view's position (global, tile i, centre, right) before attention, so that
             attention knows which view a token came from.
@@ -223,6 +236,8 @@ class RoadworkConfig(PretrainedConfig):
             Side of the predicted masks; target masks are resized to it.
         focal_loss_weight, consistency_loss_weight, weather_loss_weight, seg_loss_weight (`float`, *optional*):
             Loss weights, defaults 0.40, 0.25, 0.15, 0.20.
+        detector_loss_weight (`float`, *optional*, defaults to 0.5):
+            Weight of the per-view detector's binary cross-entropy (`use_view_detector`, rows with `view_coverage`).
         focal_gamma (`float`, *optional*, defaults to 2.0), focal_alpha (`float`, *optional*, defaults to 0.25):
             Focal loss parameters; `alpha` weights the Roadwork class and `1 - alpha` the None class.
         label_smoothing (`float`, *optional*, defaults to 0.1):
@@ -270,6 +285,9 @@ class RoadworkConfig(PretrainedConfig):
         use_view_embeddings: bool = True,
         view_feature_norm: str = "none",
         use_tile_max_token: bool = False,
+        use_view_detector: bool = False,
+        view_detector_hidden_size: int = 64,
+        view_detector_positive_coverage: float = 0.001,
         hidden_size: int = 512,
         use_pyramid: bool = True,
         pyramid_sizes: list[int] | None = None,
@@ -304,6 +322,7 @@ class RoadworkConfig(PretrainedConfig):
         consistency_loss_weight: float = 0.25,
         weather_loss_weight: float = 0.15,
         seg_loss_weight: float = 0.20,
+        detector_loss_weight: float = 0.5,
         focal_gamma: float = 2.0,
         focal_alpha: float = 0.25,
         label_smoothing: float = 0.1,
@@ -332,6 +351,9 @@ class RoadworkConfig(PretrainedConfig):
         self.use_view_embeddings = use_view_embeddings
         self.view_feature_norm = view_feature_norm
         self.use_tile_max_token = use_tile_max_token
+        self.use_view_detector = use_view_detector
+        self.view_detector_hidden_size = view_detector_hidden_size
+        self.view_detector_positive_coverage = view_detector_positive_coverage
         self.hidden_size = hidden_size
         self.use_pyramid = use_pyramid
         self.pyramid_sizes = list(pyramid_sizes) if pyramid_sizes is not None else [256, 128]
@@ -366,6 +388,7 @@ class RoadworkConfig(PretrainedConfig):
         self.consistency_loss_weight = consistency_loss_weight
         self.weather_loss_weight = weather_loss_weight
         self.seg_loss_weight = seg_loss_weight
+        self.detector_loss_weight = detector_loss_weight
         self.focal_gamma = focal_gamma
         self.focal_alpha = focal_alpha
         self.label_smoothing = label_smoothing
@@ -432,7 +455,7 @@ class RoadworkConfig(PretrainedConfig):
         for name in (
             "num_views", "view_size", "num_kept_views", "view_scorer_reduction", "hidden_size", "num_attention_heads",
             "fusion_gate_hidden_size", "gps_embed_dim", "category_embed_dim", "text_embed_dim", "text_projection_dim",
-            "fusion_hidden_size", "classifier_hidden_size", "seg_resolution",
+            "fusion_hidden_size", "classifier_hidden_size", "seg_resolution", "view_detector_hidden_size",
         ):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -473,6 +496,11 @@ class RoadworkConfig(PretrainedConfig):
             fail("use_tile_max_token", f"the tile-max token needs tiles: num_views >= 2, got {self.num_views}")
         if self.global_linear_path_input == "global+tile_max" and self.num_views < 2:
             fail("global_linear_path_input", f"'global+tile_max' needs tiles: num_views >= 2, got {self.num_views}")
+        if self.use_view_detector and self.num_labels != 2:
+            fail("use_view_detector", f"the view detector adds to the Roadwork logit: needs num_labels == 2, got "
+                 f"{self.num_labels}")  # fmt: skip
+        if not 0.0 < self.view_detector_positive_coverage <= 1.0:
+            fail("view_detector_positive_coverage", "must be in (0, 1]")
         if not 0.0 <= self.focal_alpha <= 1.0:
             fail("focal_alpha", "must be in [0, 1]")
         if self.focal_gamma < 0:

@@ -65,6 +65,23 @@ class RoadworkGlobalClassifier(nn.Module):
         return self.fc(self.layer_norm(global_features))
 
 
+class RoadworkViewDetector(nn.Module):
+    """
+    A roadwork detector for each view on its own: `layer_norm -> mlp` from one view's pooled backbone feature to one
+    logit ("this view shows a roadwork object"), the same weights for every view. Submodule names are state-dict keys
+    (`view_detector.mlp.fc1.weight`): never rename them.
+    """
+
+    def __init__(self, *, feature_size: int, hidden_size: int, dropout: float = 0.0, eps: float = 1e-5):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(feature_size, eps=eps)
+        self.mlp = RoadworkMlp(in_features=feature_size, hidden_features=hidden_size, out_features=1, dropout=dropout)
+
+    def forward(self, view_features: torch.Tensor) -> torch.Tensor:
+        """(B, V, D) -> (B, V)"""
+        return self.mlp(self.layer_norm(view_features)).squeeze(-1)
+
+
 class RoadworkViewPruning(nn.Module):
     """
     Scores every view with an MLP `D -> D / reduction -> 1` and keeps the `k` best. The kept features are multiplied
@@ -233,6 +250,7 @@ __all__ = [
     "RoadworkMlp",
     "RoadworkProjection",
     "RoadworkGlobalClassifier",
+    "RoadworkViewDetector",
     "RoadworkViewPruning",
     "RoadworkPyramid",
     "RoadworkMetadataEncoder",

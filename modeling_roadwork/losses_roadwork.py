@@ -1,4 +1,5 @@
-"""The four-part roadwork loss: focal, view consistency, auxiliary weather, Dice on pseudo masks."""
+"""The roadwork loss: focal, view consistency, auxiliary weather, Dice on pseudo masks, and the per-view detector's
+binary cross-entropy on the views' mask coverage."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from transformers import PretrainedConfig
 
 # The loss components, in the order they are logged. Each is an output field of `RoadworkImageClassifierOutput`
 # and has a weight in the config field `LOSS_WEIGHT_FIELDS[name]` (`focal_loss` -> `focal_loss_weight`).
-LOSS_COMPONENTS = ("focal_loss", "consistency_loss", "weather_loss", "seg_loss")
+LOSS_COMPONENTS = ("focal_loss", "consistency_loss", "weather_loss", "seg_loss", "detector_loss")
 LOSS_WEIGHT_FIELDS = {name: f"{name}_weight" for name in LOSS_COMPONENTS}
 
 
@@ -61,6 +62,22 @@ def dice_loss(mask_logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) 
     return (1.0 - (2.0 * intersection + eps) / (total + eps)).mean()
 
 
+def view_detector_loss(view_detector_logits: torch.Tensor, view_coverage: torch.Tensor,
+                       positive_coverage: float) -> torch.Tensor | None:  # fmt: skip
+    """
+    Binary cross-entropy of each view's detector logit against whether the roadwork masks cover it: a view is a
+    positive at coverage >= `positive_coverage`, a negative below a tenth of it, and ignored in between (an object's
+    sliver at a tile's edge) and in rows without masks (NaN coverage). `None` when no view counts.
+    view_detector_logits (B, V), view_coverage (B, V) -> scalar or None
+    """
+    coverage = view_coverage.to(view_detector_logits.device).float()
+    positive = coverage >= positive_coverage
+    counted = (positive | (coverage < 0.1 * positive_coverage)) & torch.isfinite(coverage)
+    if not counted.any():
+        return None
+    return F.binary_cross_entropy_with_logits(view_detector_logits.float()[counted], positive[counted].float())
+
+
 def loss_weights(config: PretrainedConfig) -> dict[str, float]:
     """The weight of every loss component, read from its config field (`LOSS_WEIGHT_FIELDS`)."""
     return {name: getattr(config, field) for name, field in LOSS_WEIGHT_FIELDS.items()}
@@ -77,9 +94,11 @@ def roadwork_loss(
     seg_logits: torch.Tensor | None = None,
     seg_masks: torch.Tensor | None = None,
     seg_mask_valid: torch.Tensor | None = None,
+    view_detector_logits: torch.Tensor | None = None,
+    view_coverage: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
     """
-    The weighted four-part loss of [`RoadworkForImageClassification`] and its unweighted components.
+    The weighted loss of [`RoadworkForImageClassification`] and its unweighted components.
 
     A component is computed only if its weight in `config` is > 0 and its inputs are there: `view_logits` for the
     consistency loss, `weather_logits` and rows of `weather_labels` inside the weather vocabulary for the weather loss,
@@ -97,6 +116,9 @@ def roadwork_loss(
         seg_logits (`torch.FloatTensor` of shape `(B, K, R, R)`, *optional*), seg_masks (`torch.FloatTensor` of shape
             `(B, K, H, W)`, *optional*), seg_mask_valid (`torch.BoolTensor` of shape `(B,)`, *optional*): all rows are
             valid when it is not given.
+        view_detector_logits (`torch.FloatTensor` of shape `(B, V)`, *optional*), view_coverage (`torch.FloatTensor`
+            of shape `(B, V)`, *optional*): the per-view detector's logits and each view's mask coverage (NaN rows:
+            no masks); see `view_detector_loss`.
 
     Returns:
         `(total, components)`: total of shape `()`; components maps every name in `LOSS_COMPONENTS` to a scalar or
@@ -126,6 +148,10 @@ def roadwork_loss(
         )
         if valid.any():
             components["seg_loss"] = dice_loss(seg_logits[valid], seg_masks.to(seg_logits.device)[valid])
+    if view_detector_logits is not None and view_coverage is not None and weights["detector_loss"] > 0:
+        components["detector_loss"] = view_detector_loss(
+            view_detector_logits, view_coverage, config.view_detector_positive_coverage
+        )
     present = [weights[name] * value for name, value in components.items() if value is not None]
     total = torch.stack(present).sum() if present else logits.sum() * 0.0
     return total, components
@@ -137,6 +163,7 @@ __all__ = [
     "focal_loss",
     "view_consistency_loss",
     "dice_loss",
+    "view_detector_loss",
     "loss_weights",
     "roadwork_loss",
 ]

@@ -22,6 +22,7 @@ from .layers_roadwork import (
     RoadworkProjection,
     RoadworkPyramid,
     RoadworkSegmentationDecoder,
+    RoadworkViewDetector,
     RoadworkViewPruning,
 )
 from .losses_roadwork import LOSS_COMPONENTS, roadwork_loss
@@ -50,6 +51,9 @@ class RoadworkModelOutput(ModelOutput):
         tile_max_features (`torch.FloatTensor` of shape `(batch_size, view_feature_size)`, *optional*):
             The element-wise max of the pooled features of the other views (the tiles), before pruning; `None` with one
             view. The linear path also reads it with `global_linear_path_input="global+tile_max"`.
+        view_features (`torch.FloatTensor` of shape `(batch_size, num_views, view_feature_size)`):
+            Every view's pooled backbone feature (given or extracted), before normalisation and pruning: what the
+            per-view detector reads.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -59,6 +63,7 @@ class RoadworkModelOutput(ModelOutput):
     view_gates: torch.FloatTensor | None = None
     global_view_features: torch.FloatTensor | None = None
     tile_max_features: torch.FloatTensor | None = None
+    view_features: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -87,7 +92,10 @@ class RoadworkImageClassifierOutput(ModelOutput):
             Views kept by pruning.
         view_scores (`torch.FloatTensor` of shape `(batch_size, num_kept)`, *optional*):
             Their pruning scores.
-        focal_loss, consistency_loss, weather_loss, seg_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        view_detector_logits (`torch.FloatTensor` of shape `(batch_size, num_views)`, *optional*):
+            The per-view detector's logit of every view (`use_view_detector`); their max is in `logits`.
+        focal_loss, consistency_loss, weather_loss, seg_loss, detector_loss (`torch.FloatTensor` of shape `()`,
+            *optional*):
             The unweighted loss components; `None` where skipped.
     """
 
@@ -100,10 +108,12 @@ class RoadworkImageClassifierOutput(ModelOutput):
     pooled_embeds: torch.FloatTensor | None = None
     kept_view_indices: torch.LongTensor | None = None
     view_scores: torch.FloatTensor | None = None
+    view_detector_logits: torch.FloatTensor | None = None
     focal_loss: torch.FloatTensor | None = None
     consistency_loss: torch.FloatTensor | None = None
     weather_loss: torch.FloatTensor | None = None
     seg_loss: torch.FloatTensor | None = None
+    detector_loss: torch.FloatTensor | None = None
 
 
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -401,6 +411,7 @@ class RoadworkModel(RoadworkPreTrainedModel):
             view_gates=gates,
             global_view_features=view_features[:, 0],  # view 0 is the whole image, whatever pruning kept
             tile_max_features=tile_max(view_features),
+            view_features=view_features,
         )
 
 
@@ -458,6 +469,14 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
             else None
         )
         self.view_classifier = nn.Linear(C, config.num_labels) if config.use_view_consistency else None
+        self.view_detector = (
+            RoadworkViewDetector(
+                feature_size=config.view_feature_size, hidden_size=config.view_detector_hidden_size,
+                dropout=config.hidden_dropout,
+            )
+            if config.use_view_detector
+            else None
+        )  # fmt: skip
         self.weather_classifier = (
             RoadworkMlp(
                 in_features=C,
@@ -496,6 +515,7 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
         weather_labels: torch.Tensor | None = None,
         seg_masks: torch.Tensor | None = None,
         seg_mask_valid: torch.Tensor | None = None,
+        view_coverage: torch.Tensor | None = None,
     ) -> RoadworkImageClassifierOutput:
         r"""
         (B, V, 3, S, S) pixel values or (B, V, D) view features, plus optional metadata -> logits (B, num_labels)
@@ -512,6 +532,8 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
             weather_labels (`torch.LongTensor` of shape `(B,)`): weather class, -100 where unknown.
             seg_masks (`torch.FloatTensor` of shape `(B, K, H, W)`): pseudo masks in [0, 1].
             seg_mask_valid (`torch.BoolTensor` of shape `(B,)`): rows of `seg_masks` that are real masks.
+            view_coverage (`torch.FloatTensor` of shape `(B, V)`): share of each view the roadwork masks cover (NaN
+                rows: no masks); supervises the per-view detector.
         """
         config = self.config
         vision = self.roadwork(pixel_values=pixel_values, view_features=view_features)
@@ -536,6 +558,13 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
                 linear_path_features(config, vision.global_view_features, vision.tile_max_features)
             )  # (B, num_labels)
 
+        view_detector_logits = None
+        if self.view_detector is not None:
+            view_detector_logits = self.view_detector(vision.view_features)  # (B, V)
+            # The most confident view speaks for the image: (B,) added to the Roadwork logit (label 1).
+            evidence = view_detector_logits.amax(dim=1).to(logits.dtype)
+            logits = logits + torch.stack([torch.zeros_like(evidence), evidence], dim=-1)
+
         view_logits = self.view_classifier(vision.last_hidden_state) if self.view_classifier is not None else None
         weather_logits = self.weather_classifier(vision_embeds) if self.weather_classifier is not None else None
         seg_logits = self.segmentation_decoder(vision_embeds) if self.segmentation_decoder is not None else None
@@ -545,7 +574,7 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
             loss, components = self.loss_function(
                 config, logits=logits, labels=labels, view_logits=view_logits, weather_logits=weather_logits,
                 weather_labels=weather_labels, seg_logits=seg_logits, seg_masks=seg_masks,
-                seg_mask_valid=seg_mask_valid,
+                seg_mask_valid=seg_mask_valid, view_detector_logits=view_detector_logits, view_coverage=view_coverage,
             )  # fmt: skip
 
         return RoadworkImageClassifierOutput(
@@ -558,6 +587,7 @@ class RoadworkForImageClassification(RoadworkPreTrainedModel):
             pooled_embeds=pooled,
             kept_view_indices=vision.kept_view_indices,
             view_scores=vision.view_scores,
+            view_detector_logits=view_detector_logits,
             **components,
         )
 

@@ -15,6 +15,10 @@ split and on the synthetic hard splits (`test_small`: roadwork under 1 % of the 
   It is part of our model, so it is never one of the peers (`PEER_PROBES`) the benchmark's target compares against.
 - `full_tile_max_token`: the head alone with that max as one more token of its attention stack
   (`use_tile_max_token=True`): the tile-max feature inside the head instead of beside it.
+- `full_view_detector`: the model with the per-view detector (`use_view_detector=True`): every view gets a logit of
+  its own, trained on the masks' coverage of that view where the rows have masks (the synthetic scenes do; the cache
+  stores the coverage of each pass), and the most confident view's logit is added to the Roadwork logit;
+  `full_view_detector_no_linear_path`: the same without the linear path.
 - `global_view_only`: the same head on the global view's features alone (`keep_views=(0,)`, one view, no pruning).
 - `probe_view`: `LinearProbe` (standardised features + logistic regression) on the pooled feature of the global
   view at the model's own view size, read from the cache (view 0 is the whole image resized to `view_size`):
@@ -87,6 +91,13 @@ QUALITY_VARIANTS = (
     QualityVariant("full_tile_max_token", "the head with the tiles' element-wise max as one more token of its "
                    "attention stack (use_tile_max_token=True), no linear path",
                    overrides=(("use_tile_max_token", True), ("use_global_linear_path", False))),
+    QualityVariant("full_view_detector", "the model with the per-view detector (use_view_detector=True): each view's "
+                   "logit supervised by the masks' coverage where the rows have masks, the max added to the Roadwork "
+                   "logit; the linear path as configured",
+                   overrides=(("use_view_detector", True),)),
+    QualityVariant("full_view_detector_no_linear_path", "the per-view detector and the head alone, no linear path "
+                   "(use_view_detector=True, use_global_linear_path=False)",
+                   overrides=(("use_view_detector", True), ("use_global_linear_path", False))),
     QualityVariant("global_view_only", "the same head on the global view alone (num_views=1, no pruning)",
                    overrides=(("num_views", 1), ("use_view_pruning", False)), keep_views=(0,)),
     QualityVariant(PROBE_VIEW, "linear probe on the global view at the model's view size (cached view 0)",

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from modeling_roadwork import LOSS_COMPONENTS, RoadworkConfig, loss_weights, roadwork_loss
-from modeling_roadwork.losses_roadwork import LOSS_WEIGHT_FIELDS, dice_loss, focal_loss, view_consistency_loss
+from modeling_roadwork.losses_roadwork import (
+    LOSS_WEIGHT_FIELDS,
+    dice_loss,
+    focal_loss,
+    view_consistency_loss,
+    view_detector_loss,
+)
 
 
 B, KEPT, LABELS, WEATHER, SEG = 4, 3, 2, 3, 6
@@ -19,7 +25,10 @@ WEIGHTS = {
     "consistency_loss_weight": 2.0,
     "weather_loss_weight": 3.0,
     "seg_loss_weight": 5.0,
+    "detector_loss_weight": 7.0,
 }
+VIEWS = 5
+NAN = float("nan")
 
 
 def _config(**overrides) -> RoadworkConfig:
@@ -37,6 +46,10 @@ def _inputs(seed: int = 0) -> dict:
         "seg_logits": torch.randn(B, SEG, 8, 8, generator=g),
         "seg_masks": torch.rand(B, SEG, 16, 16, generator=g),
         "seg_mask_valid": torch.tensor([True, False, False, True]),
+        "view_detector_logits": torch.randn(B, VIEWS, generator=g, requires_grad=True),
+        # row 0: one positive view, a sliver (ignored) and negatives; row 2: no masks; row 3: nothing but negatives
+        "view_coverage": torch.tensor([[0.02, 0.0005, 0.0, 0.0, 0.00001], [0.0] * VIEWS, [NAN] * VIEWS,
+                                       [0.0] * VIEWS]),  # fmt: skip
     }
 
 
@@ -47,6 +60,7 @@ def test_weights_are_read_from_the_config_by_component_name():
         "consistency_loss": 2.0,
         "weather_loss": 3.0,
         "seg_loss": 5.0,
+        "detector_loss": 7.0,
     }
 
 
@@ -60,11 +74,13 @@ def test_every_component_and_the_weighted_total():
         "consistency_loss": view_consistency_loss(inputs["view_logits"]),
         "weather_loss": F.cross_entropy(inputs["weather_logits"][[0, 2]], torch.tensor([1, 2])),
         "seg_loss": dice_loss(inputs["seg_logits"][[0, 3]], inputs["seg_masks"][[0, 3]]),
+        "detector_loss": view_detector_loss(inputs["view_detector_logits"], inputs["view_coverage"], 0.001),
     }
     for name, value in expected.items():
         torch.testing.assert_close(components[name], value, msg=name)
     torch.testing.assert_close(total, 1.0 * expected["focal_loss"] + 2.0 * expected["consistency_loss"]
-                               + 3.0 * expected["weather_loss"] + 5.0 * expected["seg_loss"])  # fmt: skip
+                               + 3.0 * expected["weather_loss"] + 5.0 * expected["seg_loss"]
+                               + 7.0 * expected["detector_loss"])  # fmt: skip
     total.backward()
     assert inputs["logits"].grad.abs().sum() > 0
 
@@ -84,7 +100,11 @@ def test_consistency_target_final_distils_the_detached_prediction():
         (("weather_logits",), {}, {"weather_loss"}),
         (("seg_masks",), {}, {"seg_loss"}),
         ((), {"seg_loss_weight": 0.0, "focal_loss_weight": 0.0}, {"seg_loss", "focal_loss"}),
-        (("view_logits", "weather_logits", "seg_logits"), {}, {"consistency_loss", "weather_loss", "seg_loss"}),
+        (("view_coverage",), {}, {"detector_loss"}),
+        (("view_detector_logits",), {}, {"detector_loss"}),
+        ((), {"detector_loss_weight": 0.0}, {"detector_loss"}),
+        (("view_logits", "weather_logits", "seg_logits", "view_detector_logits"), {},
+         {"consistency_loss", "weather_loss", "seg_loss", "detector_loss"}),
     ],
 )
 def test_a_component_without_its_inputs_or_weight_is_none(drop, overrides, skipped):
@@ -117,3 +137,16 @@ def test_nothing_to_compute_gives_a_zero_that_keeps_the_graph():
     total, components = roadwork_loss(_config(focal_loss_weight=0.0), logits=inputs["logits"], labels=inputs["labels"])
     assert all(value is None for value in components.values())
     assert total.item() == 0.0 and total.requires_grad
+
+
+def test_view_detector_loss_counts_clear_views_only():
+    """Positives at coverage >= the threshold, negatives below a tenth of it; slivers and mask-free rows ignored."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    coverage = torch.tensor([[0.01, 0.0, 0.0005, 0.00009], [NAN] * 4])
+    loss = view_detector_loss(logits, coverage, positive_coverage=0.001)
+    # counted: view 0 (positive), view 1 and view 3 (negatives); view 2 is a sliver; row 1 has no masks
+    expected = F.binary_cross_entropy_with_logits(torch.tensor([2.0, -1.0, 3.0]), torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert logits.grad[0, 2] == 0 and logits.grad[1].abs().sum() == 0 and logits.grad[0, 0] != 0
+    assert view_detector_loss(logits, torch.full((2, 4), NAN), positive_coverage=0.001) is None

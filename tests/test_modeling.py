@@ -331,6 +331,7 @@ def test_backbone_runs_under_bf16_autocast():
 # ---------------------------------------------------------------------------------------------- loss
 
 
+WITHOUT_DETECTOR = set(LOSS_COMPONENTS) - {"detector_loss"}  # the detector is off by default
 LOSS_SWITCHES = [
     ({}, {"focal_loss", "consistency_loss", "weather_loss", "seg_loss"}),
     ({"use_view_consistency": False}, {"focal_loss", "weather_loss", "seg_loss"}),
@@ -338,8 +339,10 @@ LOSS_SWITCHES = [
     ({"use_segmentation": False}, {"focal_loss", "consistency_loss", "weather_loss"}),
     ({"consistency_loss_weight": 0.0, "seg_loss_weight": 0.0}, {"focal_loss", "weather_loss"}),
     ({"focal_loss_weight": 0.0}, {"consistency_loss", "weather_loss", "seg_loss"}),
-    ({"use_metadata": False, "use_view_fusion": False, "use_pyramid": False}, set(LOSS_COMPONENTS)),
-    ({"consistency_target": "final"}, set(LOSS_COMPONENTS)),
+    ({"use_metadata": False, "use_view_fusion": False, "use_pyramid": False}, WITHOUT_DETECTOR),
+    ({"consistency_target": "final"}, WITHOUT_DETECTOR),
+    ({"use_view_detector": True}, set(LOSS_COMPONENTS)),
+    ({"use_view_detector": True, "detector_loss_weight": 0.0}, WITHOUT_DETECTOR),
 ]
 
 
@@ -350,6 +353,7 @@ def test_loss_components_switch_on_and_off(overrides, expected):
         view_features=torch.randn(4, 12, 32), labels=torch.tensor([0, 1, 1, 0]),
         weather_labels=torch.tensor([1, -100, 0, 2]), seg_masks=torch.rand(4, 6, 16, 16),
         seg_mask_valid=torch.tensor([True, False, True, False]),
+        view_coverage=torch.tensor([[0.0] * 12, [0.02] * 6 + [0.0] * 6, [float("nan")] * 12, [0.0] * 12]),
     )  # fmt: skip
     present = {name for name in LOSS_COMPONENTS if getattr(out, name) is not None}
     assert present == expected
@@ -660,3 +664,79 @@ def test_tile_max_token_joins_the_attention_stack_and_round_trips(tmp_path):
         torch.testing.assert_close(loaded(view_features=features).logits, model(view_features=features).logits)
     with pytest.raises(ValueError, match="use_tile_max_token.*num_views >= 2"):
         tiny_config(use_tile_max_token=True, num_views=1, use_view_pruning=False)
+
+
+def test_view_detector_adds_its_most_confident_view_to_the_roadwork_logit_and_round_trips(tmp_path):
+    """use_view_detector: one logit per view (all views, before pruning); their max is added to label 1's logit."""
+    model = _model(use_view_detector=True, use_metadata=False)
+    assert _model().view_detector is None, "off by default"
+    features = torch.randn(3, model.config.num_views, model.config.view_feature_size)
+    with torch.no_grad():
+        out = model(view_features=features)
+        detector = model.view_detector
+        model.view_detector = None
+        without = model(view_features=features).logits
+        model.view_detector = detector
+    assert out.view_detector_logits.shape == (3, model.config.num_views)
+    expected = without.clone()
+    expected[:, 1] += out.view_detector_logits.amax(dim=1)
+    torch.testing.assert_close(out.logits, expected)
+    torch.testing.assert_close(out.view_detector_logits, detector(features))  # raw features, every view
+
+    model.save_pretrained(tmp_path)
+    loaded = RoadworkForImageClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.use_view_detector and loaded.view_detector is not None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(view_features=features).logits, out.logits)
+    assert not any(p.requires_grad for p in loaded.roadwork.backbone.parameters())
+
+
+def test_view_detector_learns_which_tile_holds_the_object():
+    """Supervised by view_coverage, the detector's logit rises on the one tile that holds a signal and the gradient
+    reaches it from both its own loss and the focal loss; the frozen backbone stays frozen."""
+    torch.manual_seed(0)
+    config = tiny_config(use_view_detector=True, use_metadata=False, use_segmentation=False, use_weather_head=False,
+                         detector_loss_weight=1.0)  # fmt: skip
+    model = RoadworkForImageClassification(config).train()
+    B, V, D = 32, config.num_views, config.view_feature_size
+    direction = torch.nn.functional.normalize(torch.randn(D), dim=0) * 8.0
+
+    def batch():
+        features = torch.randn(B, V, D)
+        labels = torch.randint(0, 2, (B,))
+        tiles = torch.randint(1, 10, (B,))
+        coverage = torch.zeros(B, V)
+        for i in torch.nonzero(labels).flatten():
+            features[i, tiles[i]] += direction
+            coverage[i, tiles[i]] = 0.02
+        return features, labels, tiles, coverage
+
+    features, labels, _, coverage = batch()
+    out = model(view_features=features, labels=labels, view_coverage=coverage)
+    assert out.detector_loss is not None and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.view_detector.mlp.fc2.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.roadwork.backbone.parameters())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(60):
+        features, labels, _, coverage = batch()
+        optimizer.zero_grad()
+        model(view_features=features, labels=labels, view_coverage=coverage).loss.backward()
+        optimizer.step()
+    model.eval()
+    features, labels, tiles, _ = batch()
+    with torch.no_grad():
+        logits = model(view_features=features).view_detector_logits
+    positives = torch.nonzero(labels).flatten()
+    assert (logits[positives].argmax(dim=1) == tiles[positives]).float().mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [({"use_view_detector": True, "num_labels": 3}, "use_view_detector"),
+     ({"view_detector_positive_coverage": 0.0}, "view_detector_positive_coverage"),
+     ({"view_detector_hidden_size": 0}, "view_detector_hidden_size")],
+)
+def test_view_detector_config_errors_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides).validate_roadwork()

@@ -85,6 +85,9 @@ ABLATIONS = (
               ("global_linear_path_input", "global+tile_max"))),
     Ablation("tile_max_token", "the tiles' element-wise max as one more token of the attention stack "
              "(use_tile_max_token=True)", (("use_tile_max_token", True),)),
+    Ablation("view_detector", "with the per-view detector, supervised by the views' mask coverage where rows have "
+             "masks, its most confident view added to the Roadwork logit (use_view_detector=True)",
+             (("use_view_detector", True),)),
     Ablation(PROBE_VIEW, "no head: a linear probe on the global view at the model's view size (cached view 0); "
              "metadata column = clean images", kind=PROBE_VIEW),
     Ablation(PROBE_224, "no head: a linear probe on the global view at 224 px; metadata column = clean images",

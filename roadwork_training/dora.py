@@ -86,7 +86,8 @@ class DoraArguments:
         metadata={
             "help": "Head modules trained in full and saved with the adapter (PEFT freezes everything else). PEFT "
             "matches them as a suffix of the module name: 'classifier' also trains view_classifier and "
-            "weather_classifier (they feed the consistency and weather losses)."
+            "weather_classifier (they feed the consistency and weather losses). A base with use_view_detector: add "
+            "view_detector to train its per-view detector too."
         },
     )
     model_dropout: float = field(

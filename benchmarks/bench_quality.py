@@ -54,6 +54,7 @@ from roadwork_training.quality import (  # noqa: E402
     summarise_runs,
     train_model_variant,
     variant,
+    visible_roadwork_share,
 )
 
 
@@ -298,6 +299,10 @@ def main(argv=None) -> dict:
         f"{data_args.serving_augmentation:g} of the draws as validator challenges, metadata dropout "
         f"{data_args.metadata_dropout:g}, {cache_args.feature_cache_passes} cached passes."
     )
+    visible = {s: visible_roadwork_share(data.serving_table(s)) for s in split_names}
+    if any(v is not None for v in visible.values()):
+        shares = ", ".join(f"{s} {v:.2f}" for s, v in visible.items() if v is not None)
+        data_line += f" Roadwork rows (with masks) whose objects the challenge keeps in the frame: {shares}."
     table = quality_table(summary, split_names, descriptions)
     Path(args.output_dir, f"{name}.md").write_text(data_line + "\n\n" + table)
     Path(args.output_dir, f"{name}.json").write_text(json.dumps({"data": data_line, "rows": summary, "runs": runs},

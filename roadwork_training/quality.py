@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_collator import RoadworkDataCollator, RoadworkDataset, RoadworkViewAugmenter
+from data_collator import VIEW_COVERAGE_COLUMN, RoadworkDataCollator, RoadworkDataset, RoadworkViewAugmenter
 from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor
 
 from .evaluation import PROBE_VIEW_SIZE, LinearProbe, single_view_features
@@ -222,6 +222,19 @@ def _view0(table, rows: Sequence[int] | None = None, tile_max: bool = False) -> 
     return features, np.asarray(numpy["label"])[good].astype(int)
 
 
+def visible_roadwork_share(table) -> float | None:
+    """
+    Of the roadwork rows of a cached pass that have masks, the share whose objects are still in the frame (the global
+    view's `view_coverage` > 0): after a validator challenge's crop, the ceiling of any model's recall on that split.
+    None when no roadwork row has masks.
+    """
+    if VIEW_COVERAGE_COLUMN not in table.column_names:
+        return None
+    coverage, labels = table[VIEW_COVERAGE_COLUMN], table["label"]
+    shown = [c[0] > 0 for c, y in zip(coverage, labels) if y == 1 and c is not None]
+    return float(np.mean(shown)) if shown else None
+
+
 def fit_probe(data: QualityData, kind: str, rows: Sequence[int], seed: int, eval_splits: Sequence[str],
               cache_dir: Path, c: float = 1.0, clean_splits: Sequence[str] = (),
               serving_augmentation: float = 0.0, augmenter: RoadworkViewAugmenter | None = None,
@@ -363,4 +376,5 @@ __all__ = [
     "summarise_runs",
     "train_model_variant",
     "variant",
+    "visible_roadwork_share",
 ]

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from roadwork_training.ablate import ABLATIONS, markdown_table, summarise
-from roadwork_training.quality import QUALITY_VARIANT_NAMES, quality_table, stratified_indices, summarise_runs
+from roadwork_training.quality import (
+    QUALITY_VARIANT_NAMES,
+    quality_table,
+    stratified_indices,
+    summarise_runs,
+    visible_roadwork_share,
+)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,3 +235,15 @@ def test_search_skips_the_recipes_own_values():
     config.hidden_dropout = config.attention_dropout = 0.1
     assert bench.is_base_recipe(space["dropout"]["0.1"], config, args, augmentation, data)
     assert not bench.is_base_recipe(space["learning_rate"]["3e-3"], config, args, augmentation, data)
+
+
+def test_visible_roadwork_share_counts_roadwork_rows_with_masks_whose_global_view_shows_an_object():
+    import datasets
+
+    table = datasets.Dataset.from_dict({
+        "label": [1, 1, 1, 0, 1],
+        "view_coverage": [[0.01, 0.0], [0.0, 0.0], None, [0.0, 0.0], [0.002, 0.02]],
+    })  # fmt: skip
+    assert visible_roadwork_share(table) == pytest.approx(2 / 3)  # the row without masks and the none row don't count
+    assert visible_roadwork_share(table.remove_columns("view_coverage")) is None
+    assert visible_roadwork_share(table.select([2, 3])) is None

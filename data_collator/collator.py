@@ -300,7 +300,7 @@ class RoadworkDataset(torch.utils.data.Dataset):
         """
         -> (what the processor cuts views from, whether the whole-image transform changed its geometry): the raw
         cell, or the decoded image after the transform. A transform that draws whether to act (the validator
-        transform with `probability` < 1) answers `applies(seed)` first; the masks survive only when it does not.
+        transform with `probability` < 1) answers `applies(seed)` first: a row it leaves whole is not decoded here.
         """
         if cell is None:
             raise ValueError("the row has no image")

@@ -247,3 +247,22 @@ def test_visible_roadwork_share_counts_roadwork_rows_with_masks_whose_global_vie
     assert visible_roadwork_share(table) == pytest.approx(2 / 3)  # the row without masks and the none row don't count
     assert visible_roadwork_share(table.remove_columns("view_coverage")) is None
     assert visible_roadwork_share(table.select([2, 3])) is None
+
+
+def test_target_result_compares_the_named_variant_with_the_best_peer_probe():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_quality import target_result
+
+    splits = ["test", "test_small"]
+
+    def row(name, test, small):
+        return {"variant": name, "test_mean": test, "test_small_mean": small}
+
+    summary = [row("full", 0.5, 0.10), row("full_view_detector", 0.6, 0.30), row("probe_view", 0.4, 0.15),
+               row("probe_224", 0.45, 0.12), row("probe_tile_max", 0.9, 0.9)]  # tile-max is ours, never a peer
+    plain = target_result(summary, splits)
+    assert plain["value"] == pytest.approx(-0.05) and not plain["met"] and plain["probe"] == "probe_view"
+    detector = target_result(summary, splits, "full_view_detector")
+    assert detector["value"] == pytest.approx(0.15) and detector["met"]
+    assert detector["margins"] == {"test": pytest.approx(0.15), "test_small": pytest.approx(0.15)}
+    assert target_result(summary[:1], splits)["value"] is None  # no peer probe in the run

@@ -95,7 +95,8 @@ class QualityArguments:
     )
     eval_splits: list[str] = field(
         default_factory=lambda: ["test", *HARD_SPLITS],
-        metadata={"help": "Splits scored under the serving condition (the hard ones need --synthetic_num_hard_test)."},
+        metadata={"help": "Splits scored under the serving condition (the hard ones need --synthetic_num_hard_test; "
+                  "'validation' is the share held out of train, which early stopping selects on)."},  # fmt: skip
     )
     train_size: int | None = field(
         default=None,
@@ -265,7 +266,8 @@ def main(argv=None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
 
     # Stage 1: data, the backbone, the cache.
-    data_args.extra_eval_splits = [s for s in args.eval_splits if s != data_args.test_split]
+    # "validation" is the share held out of train (early stopping and the floor pick use it), not a split to load.
+    data_args.extra_eval_splits = [s for s in args.eval_splits if s not in (data_args.test_split, "validation")]
     splits, vocabularies = load_data(data_args, args.seed, synthetic)
     if data_args.test_split != "test":
         splits[data_args.test_split] = splits["test"]

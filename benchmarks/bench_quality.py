@@ -294,13 +294,15 @@ def main(argv=None) -> dict:
     # Stage 3: the table, the JSON line.
     summary = summarise_runs(runs, split_names)
     sizes = {s: len(splits[s]) for s in split_names}
+    warmup = (f"warm-up {args.warmup_steps:g} of the steps" if 0 < args.warmup_steps < 1
+              else f"{args.warmup_steps:g} warm-up steps")  # fmt: skip
     data_line = (
         f"Serving MCC (no metadata, validator challenge transform, round(p)), mean +- std over seeds "
         f"{args.seed}..{args.seed + args.seeds - 1}. Data: {data_args.dataset}, {len(rows)} training rows "
         f"({int(np.asarray(splits['train']['label'])[rows].sum())} roadwork), eval rows {sizes}; backbone "
         f"{model_args.backbone}, {base.config.num_views} views at {base.config.view_size} px, "
         f"backbone_pooling {base.config.backbone_pooling}; "
-        f"{args.num_train_epochs} epochs (lr {args.learning_rate:g}, {args.warmup_steps} warm-up steps, early "
+        f"{args.num_train_epochs} epochs (lr {args.learning_rate:g}, {warmup}, early "
         f"stopping {'on' if args.early_stopping else 'off'}), augmentation {augmentation.strength}, "
         f"{data_args.serving_augmentation:g} of the draws as validator challenges, metadata dropout "
         f"{data_args.metadata_dropout:g}, {cache_args.feature_cache_passes} cached passes."

@@ -385,6 +385,42 @@ def test_one_fold_end_to_end_adapter_reloads_to_identical_predictions(synthetic_
     assert json.loads((out / "test_folds.json").read_text())["folds"] == folds
 
 
+@pytest.mark.slow  # about 30 s on the shared 2-core machine
+def test_a_fold_on_a_detector_base_trains_and_saves_its_per_view_detector(synthetic_dir, tmp_path):
+    """
+    The quickstart's model has the per-view detector: `--modules_to_save classifier view_detector` trains a copy of it
+    in the fold (the synthetic rows carry masks for its per-view loss), the adapter saves that copy, and the
+    reloaded adapter reproduces the fold's serving logits while the base's own detector is untouched.
+    """
+    from peft import PeftModel
+
+    from modeling_roadwork import RoadworkForImageClassification
+
+    torch.manual_seed(0)
+    base_dir = tmp_path / "detector_base"
+    RoadworkForImageClassification(tiny_config(use_view_detector=True)).save_pretrained(base_dir)
+    out = tmp_path / "dora"
+    result = finetune_dora.main(
+        _args(synthetic_dir, base_dir, out, "--modules_to_save", "classifier", "view_detector")
+    )
+    record = result["records"][0]
+    assert json.loads((out / "fold0" / "adapter_config.json").read_text())["modules_to_save"] == [
+        "classifier", "view_detector"
+    ]  # fmt: skip
+
+    base = load_base_model(str(base_dir))
+    assert base.config.use_view_detector
+    original = {k: v.clone() for k, v in base.view_detector.state_dict().items()}
+    model = PeftModel.from_pretrained(base, str(out / "fold0")).eval()
+    wrapper = model.base_model.model.view_detector
+    trained = wrapper.modules_to_save["default"].state_dict()
+    assert any(not torch.equal(trained[k], original[k]) for k in original), "the fold did not train the detector"
+    assert all(torch.equal(wrapper.original_module.state_dict()[k], original[k]) for k in original)
+    with torch.no_grad():
+        logits = torch.cat([model(**batch).logits for batch in _serving_batches(synthetic_dir, record, base)])
+    assert torch.equal(logits, torch.tensor(record["validation_serving_logits"], dtype=torch.float32))
+
+
 @pytest.mark.slow
 def test_fold_adapters_on_the_hub_reproduce_predictions_in_a_fresh_process(
     synthetic_dir, tiny_base_dir, hub, tmp_path, fresh_python

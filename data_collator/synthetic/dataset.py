@@ -37,12 +37,7 @@ from .scene import SCENE_VARIANTS, describe_scene, render_scene
 
 logger = logging.getLogger(__name__)
 
-# 2: scene variants and their hard test splits; balanced test split. 3: a hard train row is drawn as a variant that
-# asks its label's question (roadwork: small or occluded; none: distractor) and its id names the variant.
-SYNTHETIC_VERSION = 3
-# The random streams' id, part of every row's seed: rows of version 3 that did not change (every test row, every
-# standard train row) are the same bytes as in version 2. Bump it only when every row should change.
-_RNG_STREAM = 2
+SYNTHETIC_VERSION = 2  # 2: scene variants and their hard test splits; balanced test split
 MANIFEST_NAME = "roadwork_synthetic.json"
 
 # Six of the US cities of the real data, with their centres; rows scatter within ~10 km.
@@ -73,13 +68,9 @@ class SyntheticDatasetConfig:
         num_hard_test (`int`, *optional*, defaults to 0): rows of each hard test split (`test_small`,
             `test_occluded`, `test_distractor`: `HARD_TEST_SPLITS`), balanced 50/50; 0 writes none.
         train_hard_fraction (`float`, *optional*, defaults to 0.0): share of train rows drawn as a hard scene
-            variant instead of a standard scene, so that the train split (and the validation share taken from it)
-            holds distant, hidden and orange-but-not-roadwork scenes as real dashcam data does. The variant asks
-            the row's label's question: a roadwork row becomes small or occluded (half each), a roadwork-free row
-            a distractor scene (version 2 drew the variant regardless of the label, so a third of the hard rows,
-            roadwork distractors and roadwork-free small or occluded scenes, were standard scenes, and at an 80 %
-            positive rate only 2 % of the rows were orange look-alikes). A hard row's id ends in its variant
-            (`synthetic-train-000007-small`). 0 keeps every train row a standard scene, and rows that stay
+            variant (small, occluded or distractor, one in three each) instead of a standard scene, so that the
+            train split (and the validation share taken from it) holds distant, hidden and orange-but-not-roadwork
+            scenes as real dashcam data does. 0 keeps every train row a standard scene, and rows that stay
             standard are the same bytes whatever the fraction.
         seed (`int`, *optional*, defaults to 0): everything follows from it.
         train_positive_rate, test_positive_rate (`float`, *optional*, default to 0.8 and 0.5): share of label 1.
@@ -111,9 +102,8 @@ class SyntheticDatasetConfig:
     train_hard_fraction: float = field(
         default=0.0,
         metadata={
-            "help": "Share of synthetic train rows drawn as a hard scene variant instead of a standard scene: a "
-            "roadwork row becomes a small or an occluded scene (half each), a roadwork-free row an orange "
-            "distractor scene; the validation share is drawn from these rows too. 0: none."
+            "help": "Share of synthetic train rows drawn as a hard scene variant (small, occluded or distractor, "
+            "a third each) instead of a standard scene; the validation share is drawn from these rows too. 0: none."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed; the synthetic dataset is a function of it."})
@@ -168,33 +158,34 @@ def _null_tag(rng: np.random.Generator) -> str | None:
     return (None, None, None, "", "null")[int(rng.integers(5))]
 
 
-def _train_variant(config: SyntheticDatasetConfig, index: int, label: int) -> str:
-    """The scene variant of train row `index` with label `label`: with probability `config.train_hard_fraction`
-    a hard one that asks the label's question (roadwork: small or occluded, half each; none: distractor), else
-    standard.
+HARD_VARIANTS = tuple(HARD_TEST_SPLITS.values())
+
+
+def _train_variant(config: SyntheticDatasetConfig, index: int) -> str:
+    """The scene variant of train row `index`: a hard one with probability `config.train_hard_fraction`.
 
     Drawn from a generator of its own, so the row's main draws (label, size, city, the scene) stay where they were:
     a row that stays standard is identical at any fraction.
     """
     if config.train_hard_fraction <= 0.0:
         return "standard"
-    rng = np.random.default_rng([config.seed, 0, index, _RNG_STREAM, 1])
+    rng = np.random.default_rng([config.seed, 0, index, SYNTHETIC_VERSION, 1])
     if rng.random() >= config.train_hard_fraction:
         return "standard"
-    return ("small", "occluded")[int(rng.integers(2))] if label else "distractor"
+    return HARD_VARIANTS[int(rng.integers(len(HARD_VARIANTS)))]
 
 
 def generate_row(config: SyntheticDatasetConfig, split: str, index: int) -> dict[str, Any]:
     """Row `index` of `split`; depends only on ``(config.seed, split, index)`` and the rates."""
     split_code = {"train": 0, "test": 1}.get(split, sum(map(ord, split)))
-    rng = np.random.default_rng([config.seed, split_code, index, _RNG_STREAM])
+    rng = np.random.default_rng([config.seed, split_code, index, SYNTHETIC_VERSION])
     variant = HARD_TEST_SPLITS.get(split, "standard")
-    positive_rate = config.train_positive_rate if split == "train" else (
-        config.test_positive_rate if variant == "standard" else 0.5
-    )
-    label = int(rng.random() < positive_rate)
     if split == "train":
-        variant = _train_variant(config, index, label)
+        positive_rate = config.train_positive_rate
+        variant = _train_variant(config, index)
+    else:
+        positive_rate = config.test_positive_rate if variant == "standard" else 0.5
+    label = int(rng.random() < positive_rate)
     width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     city, lat, lon = CITIES[int(rng.integers(len(CITIES)))]
     weather = WEATHERS[int(rng.choice(len(WEATHERS), p=(0.4, 0.2, 0.15, 0.15, 0.1)))]
@@ -204,9 +195,7 @@ def generate_row(config: SyntheticDatasetConfig, split: str, index: int) -> dict
     image, masks, objects = render_scene(rng, width, height, bool(label), weather, daytime, scene, variant)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=config.jpeg_quality)
-    # A hard train row's id names its variant: error analysis can group by it, and a feature cache keyed on ids
-    # and labels never serves a version-2 row's features for the redrawn scene.
-    row_id = f"synthetic-{split}-{index:06d}" + (f"-{variant}" if split == "train" and variant != "standard" else "")
+    row_id = f"synthetic-{split}-{index:06d}"
 
     # Description: mostly present for roadwork, mostly absent otherwise; a few rows disagree with the label.
     draw = rng.random()

@@ -310,8 +310,13 @@ def train_model_variant(
 ) -> dict[str, float]:  # fmt: skip
     """Trains `chosen` on the cached train `rows` with `recipe` -> serving MCC per evaluated split."""
     overrides = {**recipe.model_overrides, **dict(chosen.overrides)}
-    model = build_head(base_config, overrides, seed).to(device)
+    # Every cached table this run reads is extracted before the head is seeded: extraction iterates DataLoaders,
+    # which draw from the global torch RNG, so a head seeded first trained under other dropout masks in the run
+    # that filled the cache than in every later run on it (the first model of a cold benchmark did not reproduce).
     tables = [t.select(rows) for t in data.train_tables(recipe.augmenter, recipe.serving_augmentation)]
+    for name in ({"validation"} if recipe.early_stopping else set()) | set(eval_splits):
+        data.serving_table(name)
+    model = build_head(base_config, overrides, seed).to(device)
     train_dataset = RoadworkCachedDataset(
         CachedSplit(tables, chosen.keep_views), data.processor, vocabularies=model.config, seed=seed,
         metadata_dropout=recipe.metadata_dropout, metadata_field_dropout=recipe.metadata_field_dropout,

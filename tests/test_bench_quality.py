@@ -169,6 +169,60 @@ def test_probes_train_on_the_models_challenge_passes(tmp_path, monkeypatch):
     assert fitted == [3 * len(splits["train"])]
 
 
+def test_the_first_model_of_a_cold_cache_equals_the_model_trained_on_the_warm_cache(tmp_path, monkeypatch):
+    """Extraction draws from the global torch RNG (its DataLoaders do); the head must be seeded after it, or the run
+    that fills the cache trains its first model under other dropout masks than every later run."""
+    import torch
+    from roadwork_testing import tiny_config
+
+    from data_collator import (
+        RoadworkDataCollator,
+        RoadworkViewAugmenter,
+        SyntheticDatasetConfig,
+        build_vocabularies,
+        ensure_synthetic_dataset,
+        load_roadwork_splits,
+    )
+    from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProcessor
+    from roadwork_training import quality
+    from roadwork_training.feature_cache import RoadworkFeatureCache, RoadworkFeatureExtractor
+    from roadwork_training.head_training import HeadTrainingSettings
+
+    source = ensure_synthetic_dataset(tmp_path / "syn", SyntheticDatasetConfig(num_train=12, num_test=6))
+    splits = load_roadwork_splits(str(source))
+    splits["validation"] = splits["train"].select(range(8, 12))
+    torch.manual_seed(0)
+    model = RoadworkForImageClassification(
+        tiny_config(**build_vocabularies(splits["train"]), use_segmentation=False, hidden_dropout=0.5)
+    ).eval()
+    processor = RoadworkImageProcessor.from_model_config(model.config)
+    recipe = quality.HeadRecipe(
+        settings=HeadTrainingSettings(num_train_epochs=2, per_device_train_batch_size=4, early_stopping_patience=2),
+        augmenter=RoadworkViewAugmenter("light"), early_stopping=True, metadata_dropout=1.0, serving_augmentation=0.5,
+    )  # fmt: skip
+    trained = []
+    original = quality.train_head
+
+    def spy(head, *args, **kwargs):
+        result = original(head, *args, **kwargs)
+        trained.append({k: v.detach().clone() for k, v in head.state_dict().items() if "backbone" not in k})
+        return result
+
+    monkeypatch.setattr(quality, "train_head", spy)
+    collator = RoadworkDataCollator(text_embed_dim=model.config.text_embed_dim)
+    scores = []
+    for _ in ("cold", "warm"):  # a fresh QualityData each time: the second reads what the first extracted
+        extractor = RoadworkFeatureExtractor(model, processor, tmp_path / "cache", progress=False)
+        data = quality.QualityData(RoadworkFeatureCache(extractor, 2), splits, model, processor, seed=3)
+        scores.append(quality.train_model_variant(
+            data, model.config, quality.variant("full"), recipe, list(range(8)), 7, ["test"], collator, "cpu"
+        ))  # fmt: skip
+    assert len(trained) == 2 and trained[0].keys() == trained[1].keys()
+    for name, value in trained[0].items():
+        torch.testing.assert_close(value, trained[1][name], rtol=0, atol=0, msg=name)
+    assert scores[0] == scores[1] or all(math.isnan(v) for v in (*scores[0].values(), *scores[1].values()))
+
+
 def test_head_training_warmup_takes_steps_or_a_share_of_the_steps():
     from roadwork_training.head_training import warmup_steps
 

@@ -42,6 +42,7 @@ from roadwork_training.quality import (  # noqa: E402
     HARD_SPLITS,
     MODEL,
     PEER_PROBES,
+    POSTHOC_DESCRIPTIONS,
     PROBE_224,
     PROBE_224_NATIVE,
     PROBE_VIEW,
@@ -49,6 +50,8 @@ from roadwork_training.quality import (  # noqa: E402
     HeadRecipe,
     QualityData,
     fit_probe,
+    posthoc_description,
+    posthoc_runs,
     quality_table,
     stratified_indices,
     summarise_runs,
@@ -134,12 +137,26 @@ class QualityArguments:
     use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even when a GPU is available."})
     target_variant: str = field(
         default="full",
-        metadata={"help": "The variant the JSON line compares with the best peer probe (e.g. full_view_detector)."},
-    )
+        metadata={"help": "The variant the JSON line compares with the best peer probe (e.g. full_view_detector, or "
+                  "a post-hoc row such as full+seed_ensemble)."},
+    )  # fmt: skip
+    posthoc: bool = field(
+        default=True,
+        metadata={"help": "After the table's trained rows, two post-hoc rows per model variant from its saved serving "
+                  "logits, with no training: NAME+seed_ensemble (the mean Roadwork margin of its --seeds heads, "
+                  "thresholded at 0; needs 2 seeds) and NAME+validation_threshold (each seed thresholded where its "
+                  "validation serving MCC peaks; needs 'validation' in --eval_splits, and its own validation column "
+                  "is then chosen on, so optimistic). The logits go to quality_logits.npz. Never peers."},
+    )  # fmt: skip
 
     def __post_init__(self):
-        for name in [*self.variants, self.target_variant]:
+        for name in self.variants:
             variant(name)
+        base, _, kind = self.target_variant.partition("+")
+        variant(base)
+        if kind and kind not in POSTHOC_DESCRIPTIONS:
+            raise ValueError(f"--target_variant {self.target_variant!r}: after '+' choose from "
+                             f"{', '.join(POSTHOC_DESCRIPTIONS)}")  # fmt: skip
         unknown = [k for k in self.search_knobs if k not in SEARCH_SPACE]
         if unknown:
             raise ValueError(f"--search_knobs {unknown} unknown; choose from {', '.join(SEARCH_SPACE)}")
@@ -179,7 +196,9 @@ def recipe_from(
     )  # fmt: skip
 
 
-def run_variants(data, base_config, recipe, rows, args, names, collator, device, label=None) -> list[dict]:
+def run_variants(data, base_config, recipe, rows, args, names, collator, device, label=None,
+                 logits: dict | None = None) -> list[dict]:  # fmt: skip
+    """Every variant over the seeds; `logits`, when given, receives (variant, seed) -> split -> (logits, labels)."""
     runs = []
     for name in names:
         chosen = variant(name)
@@ -187,8 +206,9 @@ def run_variants(data, base_config, recipe, rows, args, names, collator, device,
             seed = args.seed + offset
             started = time.perf_counter()
             if chosen.kind == MODEL:
+                kept = logits.setdefault((label or name, seed), {}) if logits is not None else None
                 mcc = train_model_variant(
-                    data, base_config, chosen, recipe, rows, seed, args.eval_splits, collator, device
+                    data, base_config, chosen, recipe, rows, seed, args.eval_splits, collator, device, kept
                 )
             else:
                 mcc = fit_probe(
@@ -258,6 +278,24 @@ def search(data, base_config, args, augmentation, data_args, rows, collator, dev
     return runs, descriptions
 
 
+def add_posthoc(logits: dict, args, descriptions: dict) -> list[dict]:
+    """The post-hoc runs of every model variant (see --posthoc); saves the logits they read as quality_logits.npz."""
+    arrays, runs = {}, []
+    for name in dict.fromkeys(n for n, _ in logits):
+        per_seed = {seed: splits for (n, seed), splits in logits.items() if n == name}
+        for seed, splits in per_seed.items():
+            for split, (values, labels) in splits.items():
+                arrays[f"{name}/{seed}/{split}/logits"], arrays[f"{name}/{seed}/{split}/labels"] = values, labels
+        mine = posthoc_runs(name, per_seed, args.eval_splits)
+        for run in mine:
+            descriptions[run["variant"]] = posthoc_description(run["variant"])
+            logger.info("%s (seed %s): %s", run["variant"], run["seed"],
+                        ", ".join(f"{k} {v:.3f}" for k, v in run["mcc"].items()))  # fmt: skip
+        runs += mine
+    np.savez_compressed(Path(args.output_dir, "quality_logits.npz"), **arrays)
+    return runs
+
+
 def main(argv=None) -> dict:
     model_args, data_args, synthetic, augmentation, cache_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -287,9 +325,13 @@ def main(argv=None) -> dict:
         split_names, name = list(SEARCH_SPLITS), "search"
     else:
         recipe = recipe_from(args, augmentation, data_args)
-        runs = run_variants(data, base.config, recipe, rows, args, args.variants, collator, state.device)
+        logits = {} if args.posthoc else None
+        runs = run_variants(data, base.config, recipe, rows, args, args.variants, collator, state.device,
+                            logits=logits)  # fmt: skip
         split_names, name = args.eval_splits, "quality"
         descriptions = {v: variant(v).description for v in args.variants}
+        if logits:
+            runs += add_posthoc(logits, args, descriptions)
 
     # Stage 3: the table, the JSON line.
     summary = summarise_runs(runs, split_names)

@@ -129,23 +129,28 @@ def train_head(
 
 
 @torch.no_grad()
-def evaluate_conditions(model, datasets: Mapping[str, object], collator, batch_size: int = 32) -> dict[str, dict]:
-    """condition -> `classification_metrics` (MCC thresholds round(p), ...) of `model` on that condition's dataset."""
+def predict_logits(model, dataset, collator, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) logits and (N,) labels of `model` on `dataset`, in row order (one DataLoader pass, no shuffling)."""
     device = next(model.parameters()).device
     model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
+    logits, labels = [], []
+    accepted = inspect.signature(model.forward).parameters
+    for batch in loader:
+        labels.append(batch.pop("labels").numpy())
+        # Only the model's inputs: a collator may add bookkeeping keys, which Trainer would also drop.
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k in accepted}
+        logits.append(model(**batch).logits.float().cpu().numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate_conditions(model, datasets: Mapping[str, object], collator, batch_size: int = 32) -> dict[str, dict]:
+    """condition -> `classification_metrics` (MCC thresholds round(p), ...) of `model` on that condition's dataset."""
     results = {}
     for condition, dataset in datasets.items():
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
-        logits, labels = [], []
-        accepted = inspect.signature(model.forward).parameters
-        for batch in loader:
-            labels.append(batch.pop("labels").numpy())
-            # Only the model's inputs: a collator may add bookkeeping keys, which Trainer would also drop.
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k in accepted}
-            logits.append(model(**batch).logits.float().cpu().numpy())
-        results[condition] = classification_metrics(roadwork_probabilities(np.concatenate(logits)),
-                                                    np.concatenate(labels))  # fmt: skip
+        logits, labels = predict_logits(model, dataset, collator, batch_size)
+        results[condition] = classification_metrics(roadwork_probabilities(logits), labels)
     return results
 
 
-__all__ = ["HeadTrainingSettings", "evaluate_conditions", "train_head", "warmup_steps"]
+__all__ = ["HeadTrainingSettings", "evaluate_conditions", "predict_logits", "train_head", "warmup_steps"]

@@ -50,8 +50,8 @@ from modeling_roadwork import RoadworkForImageClassification, RoadworkImageProce
 
 from .evaluation import PROBE_VIEW_SIZE, LinearProbe, single_view_features
 from .feature_cache import CachedSplit, CachePass, RoadworkCachedDataset, RoadworkFeatureCache, cache_key
-from .head_training import HeadTrainingSettings, evaluate_conditions, train_head
-from .metrics import classification_metrics
+from .head_training import HeadTrainingSettings, evaluate_conditions, predict_logits, train_head
+from .metrics import classification_metrics, roadwork_probabilities
 
 
 logger = logging.getLogger(__name__)
@@ -306,9 +306,12 @@ def build_head(base_config, overrides: Mapping, seed: int) -> RoadworkForImageCl
 
 def train_model_variant(
     data: QualityData, base_config, chosen: QualityVariant, recipe: HeadRecipe, rows: Sequence[int], seed: int,
-    eval_splits: Sequence[str], collator: RoadworkDataCollator, device,
+    eval_splits: Sequence[str], collator: RoadworkDataCollator, device, logits_out: dict | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Trains `chosen` on the cached train `rows` with `recipe` -> serving MCC per evaluated split."""
+    """
+    Trains `chosen` on the cached train `rows` with `recipe` -> serving MCC per evaluated split. `logits_out`, when
+    given, receives split -> ((N, 2) serving logits, (N,) labels) for the post-hoc rows (`posthoc_runs`).
+    """
     overrides = {**recipe.model_overrides, **dict(chosen.overrides)}
     # Every cached table this run reads is extracted before the head is seeded: extraction iterates DataLoaders,
     # which draw from the global torch RNG, so a head seeded first trained under other dropout masks in the run
@@ -331,9 +334,84 @@ def train_model_variant(
             return conditions["serving"].get("mcc", math.nan)
 
     train_head(model, train_dataset, collator, settings, validate=validate)
-    datasets = {name: data.serving_dataset(name, model.config, chosen.keep_views) for name in eval_splits}
-    metrics = evaluate_conditions(model, datasets, collator, settings.per_device_eval_batch_size)
-    return {name: float(values.get("mcc", math.nan)) for name, values in metrics.items()}
+    scores = {}
+    for name in eval_splits:
+        dataset = data.serving_dataset(name, model.config, chosen.keep_views)
+        logits, labels = predict_logits(model, dataset, collator, settings.per_device_eval_batch_size)
+        scores[name] = float(classification_metrics(roadwork_probabilities(logits), labels).get("mcc", math.nan))
+        if logits_out is not None:
+            logits_out[name] = (logits, labels)
+    return scores
+
+
+SEED_ENSEMBLE, VALIDATION_THRESHOLD = "seed_ensemble", "validation_threshold"
+POSTHOC_DESCRIPTIONS = {
+    SEED_ENSEMBLE: "post hoc, no training: the mean Roadwork margin (logit difference) of {variant}'s heads of every "
+                   "seed, thresholded at 0; one number, so its std is 0",
+    VALIDATION_THRESHOLD: "post hoc, no training: each seed of {variant} thresholded where its validation serving MCC "
+                          "peaks instead of at round(p)",
+}  # fmt: skip
+
+
+def roadwork_margin(logits: np.ndarray) -> np.ndarray:
+    """(N, 2) logits -> (N,) Roadwork minus None logit: round(p) says Roadwork exactly where it is > 0."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape[1] != 2:
+        raise ValueError(f"expected (N, 2) logits, got shape {logits.shape}")
+    return logits[:, 1] - logits[:, 0]
+
+
+def margin_mcc(margin: np.ndarray, labels: np.ndarray, threshold: float = 0.0) -> float:
+    """Serving MCC of calling Roadwork where `margin > threshold` (NaN where it is undefined, one class)."""
+    probabilities = 1.0 / (1.0 + np.exp(-(np.asarray(margin, dtype=np.float64) - threshold)))
+    return float(classification_metrics(probabilities, labels).get("mcc", math.nan))
+
+
+def validation_threshold(margin: np.ndarray, labels: np.ndarray) -> float:
+    """
+    The margin threshold with the best MCC on (`margin`, `labels`): candidates are 0 and the midpoints between
+    consecutive distinct margins; among equal scores, the one nearest 0 (round(p)'s own threshold).
+    """
+    values = np.unique(np.asarray(margin, dtype=np.float64))
+    candidates = np.concatenate([[0.0], (values[1:] + values[:-1]) / 2, values[:1] - 1.0, values[-1:] + 1.0])
+    scores = np.array([margin_mcc(margin, labels, t) for t in candidates])
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    best = candidates[scores == scores.max()]
+    return float(best[np.argmin(np.abs(best))])
+
+
+def posthoc_runs(name: str, per_seed: Mapping[int, Mapping[str, tuple]], split_names: Sequence[str]) -> list[dict]:
+    """
+    Runs (as `run_variants` makes them) of two post-hoc rows from `name`'s saved serving logits, seed -> split ->
+    (logits, labels): `name+seed_ensemble`, one run scoring the seeds' mean margin at 0 (two seeds at least), and
+    `name+validation_threshold`, one run per seed at the threshold its validation margins pick (needs
+    'validation' among `split_names`). Rows the inputs cannot make are left out.
+    """
+    runs = []
+    seeds = sorted(per_seed)
+    if len(seeds) >= 2:
+        mcc = {}
+        for split in split_names:
+            labels = per_seed[seeds[0]][split][1]
+            if any(not np.array_equal(per_seed[s][split][1], labels) for s in seeds):
+                raise ValueError(f"the seeds of {name} were scored on different {split} rows; cannot average them")
+            mean = np.mean([roadwork_margin(per_seed[s][split][0]) for s in seeds], axis=0)
+            mcc[split] = margin_mcc(mean, labels)
+        runs.append({"variant": f"{name}+{SEED_ENSEMBLE}", "seed": seeds, "mcc": mcc})
+    if "validation" in split_names:
+        for seed in seeds:
+            threshold = validation_threshold(roadwork_margin(per_seed[seed]["validation"][0]),
+                                             per_seed[seed]["validation"][1])  # fmt: skip
+            mcc = {s: margin_mcc(roadwork_margin(per_seed[seed][s][0]), per_seed[seed][s][1], threshold)
+                   for s in split_names}  # fmt: skip
+            runs.append({"variant": f"{name}+{VALIDATION_THRESHOLD}", "seed": seed, "mcc": mcc,
+                         "threshold": threshold})  # fmt: skip
+    return runs
+
+
+def posthoc_description(row_name: str) -> str:
+    base, _, kind = row_name.partition("+")
+    return POSTHOC_DESCRIPTIONS[kind].format(variant=base)
 
 
 def summarise_runs(runs: Sequence[Mapping], split_names: Sequence[str], key: str = "variant") -> list[dict]:
@@ -368,6 +446,7 @@ __all__ = [
     "HARD_SPLITS",
     "HeadRecipe",
     "PEER_PROBES",
+    "POSTHOC_DESCRIPTIONS",
     "PROBE_224_NATIVE",
     "PROBE_TILE_MAX",
     "QUALITY_VARIANTS",
@@ -376,10 +455,15 @@ __all__ = [
     "QualityVariant",
     "build_head",
     "fit_probe",
+    "margin_mcc",
+    "posthoc_description",
+    "posthoc_runs",
+    "roadwork_margin",
     "quality_table",
     "stratified_indices",
     "summarise_runs",
     "train_model_variant",
+    "validation_threshold",
     "variant",
     "visible_roadwork_share",
 ]

@@ -51,6 +51,49 @@ def test_quality_summary_table_and_subsets():
     assert {"full", "global_view_only", "probe_view", "probe_224"} <= set(QUALITY_VARIANT_NAMES)
 
 
+def test_validation_threshold_is_the_best_mcc_cut_and_prefers_round_p_on_ties():
+    from roadwork_training.quality import margin_mcc, validation_threshold
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    margin = np.array([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])  # every row above 0: round(p) calls all Roadwork
+    assert margin_mcc(margin, labels) == 0.0
+    threshold = validation_threshold(margin, labels)
+    assert threshold == pytest.approx(1.75) and margin_mcc(margin, labels, threshold) == pytest.approx(1.0)
+    separable = np.array([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0])  # every cut in (-0.5, 0.5) is perfect: keep 0
+    assert validation_threshold(separable, labels) == 0.0
+    with pytest.raises(ValueError, match=r"\(N, 2\) logits"):
+        from roadwork_training.quality import roadwork_margin
+
+        roadwork_margin(np.zeros((3, 3)))
+
+
+def test_posthoc_rows_average_the_seeds_margins_and_threshold_each_seed_on_validation():
+    from roadwork_training.quality import posthoc_runs
+
+    labels = np.array([0, 0, 1, 1])
+
+    def logits(margin):  # None logit 0, Roadwork logit = margin
+        return np.stack([np.zeros(len(margin)), np.asarray(margin, dtype=float)], axis=1)
+
+    per_seed = {
+        1: {"validation": (logits([-1, 1, 2, 3]), labels), "test": (logits([-1, -2, 1, -0.5]), labels)},
+        2: {"validation": (logits([-3, -2, -1, 1]), labels), "test": (logits([-1, -2, 2, 2]), labels)},
+    }
+    runs = posthoc_runs("full", per_seed, ["validation", "test"])
+    assert [r["variant"] for r in runs] == ["full+seed_ensemble", "full+validation_threshold",
+                                            "full+validation_threshold"]  # fmt: skip
+    # The mean test margins (-1, -2, 1.5, 0.75) split the labels: MCC 1, where seed 1 alone is at 0.577.
+    assert runs[0]["mcc"]["test"] == pytest.approx(1.0) and runs[0]["seed"] == [1, 2]
+    # Seed 1's validation is cut perfectly only between 1 and 2, seed 2's only between -2 and -1.
+    assert runs[1]["threshold"] == pytest.approx(1.5) and runs[1]["mcc"]["validation"] == pytest.approx(1.0)
+    assert runs[2]["threshold"] == pytest.approx(-1.5) and runs[2]["mcc"]["test"] == pytest.approx(1 / np.sqrt(3))
+    assert runs[1]["mcc"]["test"] == pytest.approx(0.0)  # seed 1 at 1.5 calls every test row None
+    assert posthoc_runs("full", {1: per_seed[1]}, ["test"]) == []  # one seed, no validation: nothing to add
+    per_seed[2]["test"] = (logits([0, 0, 0]), np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match="different test rows"):
+        posthoc_runs("full", per_seed, ["test"])
+
+
 def test_ablation_table_shows_hard_split_columns():
     runs = [{"ablation": "full", "description": "d", "serving_mcc": 0.2, "metadata_mcc": 0.5,
              "test_small_serving_mcc": 0.1}]  # fmt: skip
@@ -77,10 +120,14 @@ def test_bench_quality_prints_the_json_line(tmp_path):
     assert isinstance(result["value"], float) and result["probe"] in ("probe_view", "probe_224")
     assert set(result["margins"]) == {"test", "test_small", "test_occluded", "test_distractor"}
     stored = json.loads((out / "quality.json").read_text())
-    assert [r["variant"] for r in stored["rows"]] == ["full", "full_no_linear_path", "full_linear_path",
-                                                      "global_view_only", "probe_view", "probe_224",
-                                                      "probe_224_native"]  # fmt: skip
-    assert all(r["seeds"] == 2 for r in stored["rows"]) and len(stored["runs"]) == 14
+    trained = ["full", "full_no_linear_path", "full_linear_path", "global_view_only"]
+    assert [r["variant"] for r in stored["rows"]] == [*trained, "probe_view", "probe_224", "probe_224_native",
+                                                      *(f"{v}+seed_ensemble" for v in trained)]  # fmt: skip
+    assert all(r["seeds"] == 2 for r in stored["rows"][:7]) and len(stored["runs"]) == 14 + 4
+    assert all(r["seeds"] == 1 for r in stored["rows"][7:])  # no validation split scored: no threshold rows
+    saved = np.load(out / "quality_logits.npz")
+    assert saved["full/42/test/logits"].shape == (len(saved["full/42/test/labels"]), 2)
+    assert len(saved.files) == 4 * 2 * 4 * 2  # variants x seeds x splits x (logits, labels)
     # With the backbone's own pooling (the default) the two 224 px probes read the same features.
     by_variant = {r["variant"]: r for r in stored["rows"]}
     assert by_variant["probe_224"]["test_mean"] == by_variant["probe_224_native"]["test_mean"]
@@ -320,3 +367,16 @@ def test_target_result_compares_the_named_variant_with_the_best_peer_probe():
     assert detector["value"] == pytest.approx(0.15) and detector["met"]
     assert detector["margins"] == {"test": pytest.approx(0.15), "test_small": pytest.approx(0.15)}
     assert target_result(summary[:1], splits)["value"] is None  # no peer probe in the run
+    ensemble = target_result([*summary, row("full+seed_ensemble", 0.7, 0.4)], splits, "full+seed_ensemble")
+    assert ensemble["value"] == pytest.approx(0.25) and ensemble["met"]
+
+
+def test_target_variant_may_name_a_posthoc_row_and_nothing_else():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_quality import QualityArguments
+
+    assert QualityArguments(target_variant="full+validation_threshold").target_variant == "full+validation_threshold"
+    with pytest.raises(ValueError, match="after '\\+' choose from seed_ensemble, validation_threshold"):
+        QualityArguments(target_variant="full+bogus")
+    with pytest.raises(ValueError, match="unknown variant 'fool'"):
+        QualityArguments(target_variant="fool+seed_ensemble")

@@ -8,9 +8,12 @@ on the global view alone and the linear probes (at the model's view size and at 
 and prints serving MCC (no metadata, the validators' challenge transform; thresholds round(p)) mean +- std on the
 standard test split and the synthetic hard splits (small objects, occlusion, orange distractors). The last line is
 JSON: value = full - probe on test_small (the best peer probe; --target_variant names another model than `full`),
-target 0.1; the target also needs that model >= the best peer probe on every other split. --search instead runs the
-small-data recipe search: one knob at a time from the --config recipe (SEARCH_SPACE), then the combination of the
-winners, for the full model only, selecting on validation serving MCC and reporting test beside it.
+target 0.1; the target also needs that model >= the best peer probe on every other split. Post-hoc rows
+(--posthoc, on by default) follow the trained ones: per model variant, the mean margin of its seeds' heads
+(NAME+seed_ensemble) and each seed thresholded where validation peaks (NAME+validation_threshold), from the saved
+logits (quality_logits.npz). --search instead runs the small-data recipe search: one knob at a time from the
+--config recipe (SEARCH_SPACE), then the combination of the winners, for the full model only, selecting on
+validation serving MCC and reporting test beside it.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ are defined once, in the library, and show in `--help`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import inspect
@@ -137,6 +138,11 @@ def _yaml_default(action, value):
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Flags with their defaults (HfArgumentParser's formatter), and the script's docstring as written: its example
+    commands and paragraphs keep their lines."""
+
+
 class RoadworkArgumentParser(HfArgumentParser):
     """
     `HfArgumentParser` over argument dataclasses plus `--config FILE.yaml`: the YAML file's keys become the defaults
@@ -153,7 +159,7 @@ class RoadworkArgumentParser(HfArgumentParser):
         prog: str | None = None,
         yaml_only_keys: Iterable[str] = (),
     ):
-        super().__init__(dataclass_types, description=description, prog=prog)
+        super().__init__(dataclass_types, description=description, prog=prog, formatter_class=HelpFormatter)
         self.yaml_only_keys = frozenset(yaml_only_keys)
         self.add_argument(
             "--config",

@@ -363,7 +363,8 @@ def roadwork_margin(logits: np.ndarray) -> np.ndarray:
 
 def margin_mcc(margin: np.ndarray, labels: np.ndarray, threshold: float = 0.0) -> float:
     """Serving MCC of calling Roadwork where `margin > threshold` (NaN where it is undefined, one class)."""
-    probabilities = 1.0 / (1.0 + np.exp(-(np.asarray(margin, dtype=np.float64) - threshold)))
+    shifted = np.asarray(margin, dtype=np.float64) - threshold
+    probabilities = roadwork_probabilities(np.stack([np.zeros_like(shifted), shifted], axis=1))  # no overflow
     return float(classification_metrics(probabilities, labels).get("mcc", math.nan))
 
 

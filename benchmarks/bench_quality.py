@@ -133,6 +133,11 @@ class QualityArguments:
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "With --early_stopping: stop after this many epochs without improvement."}
     )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={"help": "Keep an exponential moving average of the head's weights with this decay per step and "
+                  "validate, keep and score it instead of the last step's weights (unset: off)."},
+    )  # fmt: skip
     probe_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the probes' logistic regression."})
     seed: int = field(
         default=42, metadata={"help": "First seed; it also seeds the data split and the serving passes."}

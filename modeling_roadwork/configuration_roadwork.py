@@ -238,6 +238,10 @@ class RoadworkConfig(PretrainedConfig):
             Loss weights, defaults 0.40, 0.25, 0.15, 0.20.
         detector_loss_weight (`float`, *optional*, defaults to 0.5):
             Weight of the per-view detector's binary cross-entropy (`use_view_detector`, rows with `view_coverage`).
+        detector_focal_gamma (`float`, *optional*, defaults to 0.0):
+            Focusing exponent of the detector loss: each view's term is scaled by `(1 - p_t) ** gamma`, so the views
+            the detector already gets right weigh little and the look-alikes it fires on and the distant objects it
+            misses weigh most. 0 is plain binary cross-entropy.
         focal_gamma (`float`, *optional*, defaults to 2.0), focal_alpha (`float`, *optional*, defaults to 0.25):
             Focal loss parameters; `alpha` weights the Roadwork class and `1 - alpha` the None class.
         label_smoothing (`float`, *optional*, defaults to 0.1):
@@ -323,6 +327,7 @@ class RoadworkConfig(PretrainedConfig):
         weather_loss_weight: float = 0.15,
         seg_loss_weight: float = 0.20,
         detector_loss_weight: float = 0.5,
+        detector_focal_gamma: float = 0.0,
         focal_gamma: float = 2.0,
         focal_alpha: float = 0.25,
         label_smoothing: float = 0.1,
@@ -389,6 +394,7 @@ class RoadworkConfig(PretrainedConfig):
         self.weather_loss_weight = weather_loss_weight
         self.seg_loss_weight = seg_loss_weight
         self.detector_loss_weight = detector_loss_weight
+        self.detector_focal_gamma = detector_focal_gamma
         self.focal_gamma = focal_gamma
         self.focal_alpha = focal_alpha
         self.label_smoothing = label_smoothing
@@ -505,6 +511,8 @@ class RoadworkConfig(PretrainedConfig):
             fail("focal_alpha", "must be in [0, 1]")
         if self.focal_gamma < 0:
             fail("focal_gamma", "must be >= 0")
+        if self.detector_focal_gamma < 0:
+            fail("detector_focal_gamma", "must be >= 0")
         for name in LOSS_WEIGHT_FIELDS.values():
             if getattr(self, name) < 0:
                 fail(name, "loss weights must be >= 0")

@@ -63,11 +63,14 @@ def dice_loss(mask_logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) 
 
 
 def view_detector_loss(view_detector_logits: torch.Tensor, view_coverage: torch.Tensor,
-                       positive_coverage: float) -> torch.Tensor | None:  # fmt: skip
+                       positive_coverage: float, gamma: float = 0.0) -> torch.Tensor | None:  # fmt: skip
     """
     Binary cross-entropy of each view's detector logit against whether the roadwork masks cover it: a view is a
     positive at coverage >= `positive_coverage`, a negative below a tenth of it, and ignored in between (an object's
     sliver at a tile's edge) and in rows without masks (NaN coverage). `None` when no view counts.
+    With `gamma > 0` each view's term is scaled by `(1 - p_t) ** gamma` (focal binary cross-entropy, `p_t` the
+    detector's probability of the view's target): views it already gets right (most empty tiles) weigh little, the
+    hard ones (an orange look-alike it fires on, a distant cone it misses) weigh most. `gamma=0` is plain BCE.
     view_detector_logits (B, V), view_coverage (B, V) -> scalar or None
     """
     coverage = view_coverage.to(view_detector_logits.device).float()
@@ -75,7 +78,12 @@ def view_detector_loss(view_detector_logits: torch.Tensor, view_coverage: torch.
     counted = (positive | (coverage < 0.1 * positive_coverage)) & torch.isfinite(coverage)
     if not counted.any():
         return None
-    return F.binary_cross_entropy_with_logits(view_detector_logits.float()[counted], positive[counted].float())
+    logits, targets = view_detector_logits.float()[counted], positive[counted].float()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if gamma > 0:
+        p_t = torch.where(targets > 0, torch.sigmoid(logits), torch.sigmoid(-logits))
+        bce = (1.0 - p_t).pow(gamma) * bce
+    return bce.mean()
 
 
 def loss_weights(config: PretrainedConfig) -> dict[str, float]:
@@ -150,7 +158,8 @@ def roadwork_loss(
             components["seg_loss"] = dice_loss(seg_logits[valid], seg_masks.to(seg_logits.device)[valid])
     if view_detector_logits is not None and view_coverage is not None and weights["detector_loss"] > 0:
         components["detector_loss"] = view_detector_loss(
-            view_detector_logits, view_coverage, config.view_detector_positive_coverage
+            view_detector_logits, view_coverage, config.view_detector_positive_coverage,
+            gamma=config.detector_focal_gamma,
         )
     present = [weights[name] * value for name, value in components.items() if value is not None]
     total = torch.stack(present).sum() if present else logits.sum() * 0.0

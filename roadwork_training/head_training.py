@@ -37,6 +37,39 @@ class HeadTrainingSettings:
     seed: int = 42
     # With a `validate` callable: stop after this many epochs without a better score, keep the best epoch's head.
     early_stopping_patience: int | None = None
+    # An exponential moving average of the trainable weights (`WeightAverage`): validated, kept and returned instead
+    # of the last step's weights. None: off.
+    ema_decay: float | None = None
+
+
+class WeightAverage:
+    """
+    An exponential moving average of a model's trainable parameters (timm's `ModelEmaV3` rule: the decay warms up as
+    `min(decay, (1 + n) / (10 + n))` after `n` updates, so the first steps are not frozen into the average).
+    `update()` after each optimizer step; `swap()` exchanges the live weights and the average in place, so calling it
+    twice restores the live ones. Frozen parameters (the backbone) and buffers are not averaged.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.parameters]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.parameters], 1.0 - decay)
+        self.updates += 1
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        for live, average in zip(self.parameters, self.average):
+            buffer = live.detach().clone()
+            live.copy_(average)
+            average.copy_(buffer)
 
 
 def warmup_steps(warmup: float, total: int) -> int:
@@ -68,6 +101,7 @@ def train_head(
     (`probe_floor.fit_global_linear_path`), and with `validate` the best of the head, the head plus the probe and the
     probe alone on validation is kept (`apply_probe_floor`), as in train.py; without `validate` the model is the head
     plus the probe. What the floor did goes into `report` when given.
+    With `settings.ema_decay` the moving average of the weights (`WeightAverage`) is what is validated and kept.
     """
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed)
@@ -84,6 +118,7 @@ def train_head(
     total = settings.num_train_epochs * len(loader)
     warmup = warmup_steps(settings.warmup_steps, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(step, warmup, total))
+    average = WeightAverage(model, settings.ema_decay) if settings.ema_decay is not None else None
     times = []
     best_score, best_state, stale = -math.inf, None, 0
     for epoch in range(settings.num_train_epochs):
@@ -102,19 +137,29 @@ def train_head(
                 torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if average is not None:
+                average.update()
         times.append(time.perf_counter() - started)
         if validate is not None:
             model.eval()
+            if average is not None:
+                average.swap()  # validate (and keep) the average
             score = float(validate(model))
             score = score if math.isfinite(score) else -math.inf
+            stop = False
             if best_state is None or score > best_score:
                 best_score, stale = score, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()
                               if not k.startswith("roadwork.backbone.")}  # fmt: skip
             else:
                 stale += 1
-                if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
-                    break
+                stop = settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience
+            if average is not None:
+                average.swap()
+            if stop:
+                break
+    if average is not None and best_state is None:
+        average.swap()  # no validation: the model ends with the average of the whole run
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
@@ -153,4 +198,6 @@ def evaluate_conditions(model, datasets: Mapping[str, object], collator, batch_s
     return results
 
 
-__all__ = ["HeadTrainingSettings", "evaluate_conditions", "predict_logits", "train_head", "warmup_steps"]
+__all__ = [
+    "HeadTrainingSettings", "WeightAverage", "evaluate_conditions", "predict_logits", "train_head", "warmup_steps",
+]  # fmt: skip

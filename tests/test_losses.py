@@ -150,3 +150,28 @@ def test_view_detector_loss_counts_clear_views_only():
     loss.backward()
     assert logits.grad[0, 2] == 0 and logits.grad[1].abs().sum() == 0 and logits.grad[0, 0] != 0
     assert view_detector_loss(logits, torch.full((2, 4), NAN), positive_coverage=0.001) is None
+
+
+def test_view_detector_focal_gamma_weighs_each_view_by_its_error():
+    """gamma > 0 scales each counted view's BCE by (1 - p_t) ** gamma; an easy view weighs less than a hard one."""
+    logits = torch.tensor([[4.0, -4.0, 3.0, -2.0]])
+    coverage = torch.tensor([[0.01, 0.0, 0.0, 0.02]])  # easy positive, easy negative, hard negative, hard positive
+    targets = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    bce = F.binary_cross_entropy_with_logits(logits[0], targets, reduction="none")
+    p_t = torch.tensor([torch.sigmoid(torch.tensor(4.0)), torch.sigmoid(torch.tensor(4.0)),
+                        torch.sigmoid(torch.tensor(-3.0)), torch.sigmoid(torch.tensor(-2.0))])  # fmt: skip
+    expected = ((1 - p_t) ** 2 * bce).mean()
+    torch.testing.assert_close(view_detector_loss(logits, coverage, 0.001, gamma=2.0), expected)
+    torch.testing.assert_close(view_detector_loss(logits, coverage, 0.001, gamma=0.0), bce.mean())
+    # Through the config: roadwork_loss passes detector_focal_gamma on.
+    inputs = _inputs()
+    _, plain = roadwork_loss(_config(), **inputs)
+    _, focused = roadwork_loss(_config(detector_focal_gamma=2.0), **inputs)
+    torch.testing.assert_close(focused["detector_loss"], view_detector_loss(
+        inputs["view_detector_logits"], inputs["view_coverage"], 0.001, gamma=2.0))  # fmt: skip
+    assert focused["detector_loss"] < plain["detector_loss"]
+
+
+def test_detector_focal_gamma_must_not_be_negative():
+    with pytest.raises(ValueError, match="detector_focal_gamma"):
+        RoadworkConfig(detector_focal_gamma=-1.0)

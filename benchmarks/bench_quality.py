@@ -133,6 +133,11 @@ class QualityArguments:
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "With --early_stopping: stop after this many epochs without improvement."}
     )
+    data_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the training order, the same for every seed (as TrainingArguments.data_seed), so "
+                  "the seeds' heads differ by initialisation and dropout alone (unset: each seed's own)."},
+    )  # fmt: skip
     ema_decay: float | None = field(
         default=None,
         metadata={"help": "Keep an exponential moving average of the head's weights with this decay per step and "

@@ -35,6 +35,9 @@ class HeadTrainingSettings:
     warmup_steps: float = 5  # steps, or a share of all steps when below 1 (as TrainingArguments.warmup_steps)
     max_grad_norm: float = 1.0
     seed: int = 42
+    # The training order's seed (as TrainingArguments.data_seed); None: `seed`. Fixed across seeds, the heads differ
+    # by their initialisation (and dropout) alone.
+    data_seed: int | None = None
     # With a `validate` callable: stop after this many epochs without a better score, keep the best epoch's head.
     early_stopping_patience: int | None = None
     # An exponential moving average of the trainable weights (`WeightAverage`): validated, kept and returned instead
@@ -104,9 +107,10 @@ def train_head(
     With `settings.ema_decay` the moving average of the weights (`WeightAverage`) is what is validated and kept.
     """
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(settings.seed)
+    data_seed = settings.seed if settings.data_seed is None else settings.data_seed
+    generator = torch.Generator().manual_seed(data_seed)
     if sample_weights is not None:
-        sampler = make_gps_sampler(sample_weights, num_samples=len(train_dataset), seed=settings.seed)
+        sampler = make_gps_sampler(sample_weights, num_samples=len(train_dataset), seed=data_seed)
     else:
         sampler = torch.utils.data.RandomSampler(train_dataset, generator=generator)
     loader = torch.utils.data.DataLoader(

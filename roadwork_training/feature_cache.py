@@ -8,7 +8,8 @@ A pass is one deterministic run over a split: `train0`, `train1`, ... (the train
 training draws it in epochs 0, 1, ...), `clean` (no augmentation: the `no_metadata` and `metadata` evaluation
 conditions) and `serving` (the validators' challenge transform, seeded as `condition_datasets` seeds it). Each pass
 lives in its own folder named by a hash of everything its features depend on: the backbone weights, the view and
-processor settings, the pass (augmentation settings, transform, seed, epoch), the rows and the storage dtype. A
+processor settings, the pass (augmentation settings, transform, seed, epoch), the rows (ids and labels), the
+images' content (`images_fingerprint`: an image replaced under the same id is extracted again) and the storage dtype. A
 second run with the same key reuses it; a changed key builds a new folder. Extraction writes shards of
 `shard_size` images (atomically, by renaming a finished folder), so an interrupted run resumes at the first missing
 shard; `info.json` marks a complete pass. Under `accelerate launch` the shards are strided across processes
@@ -142,6 +143,59 @@ def rows_fingerprint(split) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _image_digest(value: Any) -> bytes:
+    """The content of one image cell, hashed: encoded bytes, a file's bytes, or a decoded image's pixels."""
+    if value is None:
+        return b"none"
+    if isinstance(value, Mapping):  # datasets' undecoded Image cell: {"bytes": ..., "path": ...}
+        if value.get("bytes") is not None:
+            return hashlib.sha256(value["bytes"]).digest()
+        value = value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(value).digest()
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        return hashlib.sha256(path.read_bytes()).digest() if path.is_file() else f"path:{value}".encode()
+    if hasattr(value, "tobytes") and hasattr(value, "mode"):  # a decoded PIL image
+        return hashlib.sha256(f"{value.mode}{value.size}".encode() + value.tobytes()).digest()
+    if isinstance(value, np.ndarray):
+        return hashlib.sha256(str(value.shape).encode() + value.tobytes()).digest()
+    return f"{type(value).__name__}:{value!r}".encode()
+
+
+_IMAGES_FINGERPRINTS: dict[tuple[int, str], str] = {}
+
+
+def images_fingerprint(split) -> str:
+    """
+    A hash of every image of the split, in row order (encoded bytes where the split holds them, so nothing is
+    decoded): a cache keyed by ids alone would serve the old features of an image replaced under the same id.
+    Memoised per `datasets.Dataset` object and fingerprint (Arrow tables do not change in place).
+    """
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        datasets = None
+    digest = hashlib.sha256()
+    if datasets is not None and isinstance(split, datasets.Dataset):
+        if IMAGE_COLUMN not in split.column_names:
+            return "no-images"
+        memo = (id(split), str(getattr(split, "_fingerprint", None)))
+        if memo in _IMAGES_FINGERPRINTS:
+            return _IMAGES_FINGERPRINTS[memo]
+        images = split.select_columns([IMAGE_COLUMN])
+        if isinstance(images.features[IMAGE_COLUMN], datasets.Image):
+            images = images.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+        for batch in images.iter(batch_size=256):
+            for value in batch[IMAGE_COLUMN]:
+                digest.update(_image_digest(value))
+        _IMAGES_FINGERPRINTS[memo] = digest.hexdigest()
+        return _IMAGES_FINGERPRINTS[memo]
+    for value in get_column(split, IMAGE_COLUMN):
+        digest.update(_image_digest(value))
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class CachePass:
     """
@@ -217,6 +271,7 @@ def cache_key(
         "processor": processor_settings(image_processor),
         "pass": dataclasses.asdict(cache_pass),
         "rows": rows_fingerprint(split),
+        "images": images_fingerprint(split),
         "num_rows": len(split),
         "dtype": dtype,
     }
@@ -715,6 +770,7 @@ __all__ = [
     "predict_heads",
     "processor_settings",
     "rows_fingerprint",
+    "images_fingerprint",
     "shard_ranges",
     "shards_for_process",
 ]

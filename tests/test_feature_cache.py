@@ -315,3 +315,31 @@ def test_passes_of_a_masked_split_store_each_views_coverage(train_split, model, 
     assert "view_coverage" not in described
     assert "view_coverage" in cache_key(model, processor, train_split, CachePass.clean())[1]
     assert "view_coverage" not in cache.extractor.extract(plain, CachePass.clean()).column_names
+
+
+def test_an_image_replaced_under_the_same_id_is_extracted_again(train_split, model, processor, tmp_path):
+    """The key hashes the images' bytes: same ids and labels with one other image is another pass folder."""
+    from roadwork_training.feature_cache import cache_key, images_fingerprint
+
+    rows = train_split.select(range(3)).to_list()
+    split = datasets.Dataset.from_list(rows, features=train_split.features)
+    swapped = [dict(row) for row in rows]
+    swapped[1]["image"] = rows[2]["image"]  # same id and label, another picture
+    changed = datasets.Dataset.from_list(swapped, features=train_split.features)
+    assert changed["id"] == split["id"] and changed["label"] == split["label"]
+    assert images_fingerprint(changed) != images_fingerprint(split)
+    again = datasets.Dataset.from_list(rows, features=train_split.features)
+    assert images_fingerprint(split) == images_fingerprint(again)
+    # A list of rows with decoded images hashes the pixels, and agrees with itself.
+    decoded = [dict(row, image=image) for row, image in zip(rows, split["image"])]
+    assert images_fingerprint(decoded) == images_fingerprint(list(decoded))
+    assert images_fingerprint(decoded) != images_fingerprint([decoded[0], decoded[2], decoded[1]])
+
+    extractor = RoadworkFeatureExtractor(model, processor, tmp_path, progress=False)
+    first = extractor.extract(split, CachePass.clean())
+    second = extractor.extract(changed, CachePass.clean())
+    assert cache_key(model, processor, split, CachePass.clean())[0] != cache_key(model, processor, changed,
+                                                                                 CachePass.clean())[0]  # fmt: skip
+    assert len([d for d in tmp_path.iterdir() if d.is_dir()]) == 2
+    np.testing.assert_array_equal(np.asarray(second["view_features"][2]), np.asarray(first["view_features"][2]))
+    assert not np.array_equal(np.asarray(second["view_features"][1]), np.asarray(first["view_features"][1]))

@@ -359,9 +359,10 @@ def test_the_quality_benchmark_measures_the_quickstart_recipe():
     data_only = {"synthetic_num_hard_test", "synthetic_dir", "feature_cache", "output_dir"}
     differing = {key for key in set(quickstart) | set(quality) if quickstart.get(key) != quality.get(key)}
     assert differing <= data_only, f"quality_quickstart.yaml changes the recipe: {sorted(differing - data_only)}"
-    # What the quality section measured as the winning recipe: the per-view detector on 160 px views, trained with
-    # hard scenes (distant, occluded, look-alike) among the rows whose masks supervise it.
+    # What the quality section measured as the winning recipe: the per-view detector (focal loss) on 224 px views,
+    # trained with hard scenes (distant, occluded, look-alike) among the rows whose masks supervise it.
     overrides = quickstart["model_overrides"]
     overrides = json.loads(overrides) if isinstance(overrides, str) else overrides
-    assert overrides["use_view_detector"] is True and overrides["view_size"] == 160
+    assert overrides["use_view_detector"] is True and overrides["view_size"] == 224
+    assert overrides["detector_focal_gamma"] == 2.0
     assert quickstart["synthetic_train_hard_fraction"] > 0

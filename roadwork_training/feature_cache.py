@@ -172,12 +172,10 @@ def images_fingerprint(split) -> str:
     decoded): a cache keyed by ids alone would serve the old features of an image replaced under the same id.
     Memoised per `datasets.Dataset` object and fingerprint (Arrow tables do not change in place).
     """
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        datasets = None
+    import datasets
+
     digest = hashlib.sha256()
-    if datasets is not None and isinstance(split, datasets.Dataset):
+    if isinstance(split, datasets.Dataset):
         if IMAGE_COLUMN not in split.column_names:
             return "no-images"
         memo = (id(split), str(getattr(split, "_fingerprint", None)))

@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-accelerate launch --num_processes 1 train.py --config configs/quickstart.yaml "$@"
+# accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise (its --cpu flag aside), which left one of two CPU
+# cores idle during the backbone extraction (about 0.9 instead of 1.6 images/s at 224 px): give torch every core.
+accelerate launch --num_processes 1 --num_cpu_threads_per_process "${OMP_NUM_THREADS:-$(nproc)}" \
+  train.py --config configs/quickstart.yaml "$@"

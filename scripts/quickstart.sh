@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Sets up a virtual environment (once) and trains on the bundled synthetic dataset (offline; about 60 minutes on 2 CPU cores).
+# Sets up a virtual environment (once) and trains on the bundled synthetic dataset (offline; about 70 minutes on 2 CPU cores).
 # Extra arguments go to train.py, e.g. `bash scripts/quickstart.sh --num_train_epochs 8`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-# accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise (its --cpu flag aside), which left one of two CPU
-# cores idle during the backbone extraction (about 0.9 instead of 1.6 images/s at 224 px): give torch every core.
+# accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise (its --cpu flag aside), so torch ran on one thread:
+# give it every core.
 accelerate launch --num_processes 1 --num_cpu_threads_per_process "${OMP_NUM_THREADS:-$(nproc)}" \
   train.py --config configs/quickstart.yaml "$@"

@@ -12,8 +12,8 @@ target 0.1; the target also needs that model >= the best peer probe on every oth
 (--posthoc, on by default) follow the trained ones: per model variant, the mean margin of its seeds' heads
 (NAME+seed_ensemble) and each seed thresholded where validation peaks (NAME+validation_threshold), from the saved
 logits (quality_logits.npz). --search instead runs the small-data recipe search: one knob at a time from the
---config recipe (SEARCH_SPACE), then the combination of the winners, for the full model only, selecting on
-validation serving MCC and reporting test beside it.
+--config recipe (SEARCH_SPACE), then the combination of the winners (when two or more knobs won), for the full model
+only, selecting on validation serving MCC and reporting test beside it.
 """
 
 from __future__ import annotations
@@ -255,8 +255,9 @@ SEARCH_SPLITS = ("validation", "test")  # the search selects on validation and r
 
 def search(data, base_config, args, augmentation, data_args, rows, collator, device) -> tuple[list[dict], dict]:
     """
-    One knob at a time from the base recipe, then the winners together; full model. A value wins when its mean
-    validation serving MCC beats the best so far (selection never sees the test split, which is reported beside it).
+    One knob at a time from the base recipe, then the winners together (when more than one knob won); full model. A
+    value wins when its mean validation serving MCC beats the best so far (selection never sees the test split,
+    which is reported beside it).
     Returns the runs and, per row label, what that row changed from the recipe (the table's "what it is" column).
     """
     args = dataclasses.replace(args, eval_splits=list(SEARCH_SPLITS))
@@ -264,7 +265,7 @@ def search(data, base_config, args, augmentation, data_args, rows, collator, dev
                         device, label="base")  # fmt: skip
     descriptions = {"base": "the --config recipe, full model"}
     base_score = summarise_runs(runs, ["validation"], key="variant")[0]["validation_mean"]
-    winners = {}
+    winners, winning_knobs = {}, []
     for knob in args.search_knobs:
         values = SEARCH_SPACE[knob]
         best_label, best_score = None, base_score
@@ -282,8 +283,12 @@ def search(data, base_config, args, augmentation, data_args, rows, collator, dev
                 best_label, best_score = value, score
         if best_label is not None:
             winners.update(values[best_label])
+            winning_knobs.append(f"{knob}={best_label}")
             logger.info("search: %s=%s wins (%.3f vs base %.3f)", knob, best_label, best_score, base_score)
-    if winners:
+    if len(winning_knobs) == 1:
+        # One winner: the combination is that winner's own row, already trained with the same seeds.
+        logger.info("search: only %s won, so its row is the combination", winning_knobs[0])
+    elif winners:
         recipe = recipe_from(args, augmentation, data_args, winners)
         label = "combined " + json.dumps(winners, sort_keys=True)
         descriptions[label] = "every knob's winning value together"

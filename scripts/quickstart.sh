@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up a virtual environment (once) and trains on the bundled synthetic dataset (offline; about 70 minutes on 2 CPU cores).
+# Sets up a virtual environment (once) and trains on the bundled synthetic dataset (offline; about 37 minutes on 2 idle CPU cores, install included).
 # Extra arguments go to train.py, e.g. `bash scripts/quickstart.sh --num_train_epochs 8`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
